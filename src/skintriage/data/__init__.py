@@ -1,0 +1,1 @@
+"""Data: sources -> manifest -> splits (and, later, datasets and transforms)."""

@@ -1,0 +1,106 @@
+"""Small helpers the source loaders share: reading metadata tables and finding image files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from skintriage.data.sources.registry import FetchError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class MetadataError(ValueError):
+    """A metadata table that cannot be read as the source expects; the message names file and row."""
+
+
+def read_table(path: Path, *, required: Sequence[str], delimiter: str | None = None) -> pd.DataFrame:
+    """Read a CSV/TSV as strings, with a column ``origin`` = ``file:line`` for error messages.
+
+    Malformed rows (wrong number of fields, unbalanced quotes) and missing columns raise
+    :class:`MetadataError` naming the file, the line and the column, rather than pandas' parser trace.
+    """
+    if not path.is_file():
+        raise MetadataError(f"{path}: metadata file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise MetadataError(f"{path}: not UTF-8 text (byte {error.start}); is this really a CSV file?") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise MetadataError(f"{path}: the file is empty or has no header row")
+    if delimiter is None:
+        delimiter = "\t" if lines[0].count("\t") > lines[0].count(",") else ","
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    try:
+        header = [name.strip() for name in next(reader)]
+        missing = [column for column in required if column not in header]
+        if missing:
+            raise MetadataError(
+                f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, header))}"
+            )
+        rows, origins = [], []
+        for row in reader:
+            if not any(field.strip() for field in row):
+                continue
+            if len(row) != len(header):
+                raise MetadataError(
+                    f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}"
+                )
+            rows.append(row)
+            origins.append(f"{path.name}:{reader.line_num}")
+    except csv.Error as error:
+        raise MetadataError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    frame["origin"] = origins
+    return frame
+
+
+def index_images(root: Path, *, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> dict[str, str]:
+    """Map each image's file stem (e.g. ``ISIC_0024306``) to its path relative to ``root``.
+
+    Datasets unpack into varying folder layouts (HAM10000 comes in two ``part`` folders); indexing by
+    stem finds the image wherever it landed. A stem found twice is ambiguous and raises.
+    """
+    wanted = {s.lower() for s in suffixes}
+    found: dict[str, str] = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() not in wanted or name.startswith("._"):
+                continue
+            relative = Path(folder, name).relative_to(root).as_posix()
+            if stem in found:
+                raise MetadataError(f"{root}: two images named {stem!r}: {found[stem]} and {relative}")
+            found[stem] = relative
+    return found
+
+
+def blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
+
+
+def download(url: str, destination: Path, *, manual_steps: str, timeout: float = 20.0) -> Path:
+    """Download ``url`` into ``destination`` (a file path), or raise FetchError with the manual steps.
+
+    Writes to a temporary name and renames on success, so an interrupted download never leaves a
+    file that looks complete.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        partial.unlink(missing_ok=True)
+        reason = getattr(error, "reason", error)
+        raise FetchError(f"could not download {url}: {reason}.\nTo obtain it by hand:\n{manual_steps}") from None
+    partial.replace(destination)
+    return destination
