@@ -1,6 +1,12 @@
 """One module per public dataset; importing this package registers them all in ``SOURCES``."""
 
-from skintriage.data.sources import ham10000  # noqa: F401  (registers on import)
+# Each import registers its source.
+from skintriage.data.sources import (  # noqa: F401
+    dermnet,
+    ham10000,
+    isic2018_test,
+    pad_ufes_20,
+)
 from skintriage.data.sources.registry import SOURCES, FetchError, Source, get_source
 
 __all__ = ["SOURCES", "FetchError", "Source", "get_source"]

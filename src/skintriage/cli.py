@@ -1,0 +1,166 @@
+"""The ``skintriage`` command line: a thin shell over the library (no logic lives here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from skintriage import DISCLAIMER
+from skintriage.data.records import ManifestError
+from skintriage.data.sources import SOURCES, FetchError, get_source
+from skintriage.data.sources.files import MetadataError
+from skintriage.data.splits import SPLIT_STRATEGIES, audit_leakage, hash_images, split_manifest
+from skintriage.data.summary import summarize_manifest
+from skintriage.taxonomy import UnknownLabelError
+
+app = typer.Typer(help=f"skintriage: skin-lesion triage research prototype. {DISCLAIMER}", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: list, fetch, summarize and audit the supported sources.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+errors = Console(stderr=True)
+
+SourceName = Annotated[str, typer.Argument(help="Registered source name (see `skintriage data list`).")]
+Root = Annotated[Path, typer.Option("--root", help="Folder the dataset was unpacked into.")]
+Metadata = Annotated[Path | None, typer.Option("--metadata", help="Metadata file to read instead of the default.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for the project split.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+HashImages = Annotated[
+    bool, typer.Option("--hash-images/--no-hash-images", help="Group and audit identical/near-identical images.")
+]
+Split = Annotated[str, typer.Option("--split", help=f"Split strategy: {', '.join(SPLIT_STRATEGIES)}.")]
+
+USER_ERRORS = (ManifestError, MetadataError, UnknownLabelError, FetchError, FileNotFoundError, KeyError, ValueError)
+
+
+def _fail(error: Exception) -> None:
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    errors.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code=1)
+
+
+def _load_and_split(source_name: str, root: Path, metadata: Path | None, split: str, seed: int, hash_all: bool):
+    source = get_source(source_name)
+    manifest = source.load(root, metadata=metadata, on_missing="report", progress=True)
+    hashes = hash_images(manifest, progress=True) if hash_all else None
+    fractions = source.split_fractions or (("test", 1.0),)
+    split_manifest_, policy = split_manifest(manifest, strategy=split, fractions=fractions, seed=seed, hashes=hashes)
+    return split_manifest_, hashes, policy
+
+
+@data_app.command("list")
+def data_list(as_json: AsJson = False) -> None:
+    """Every registered source: what it is, its licence and how to obtain it."""
+    if as_json:
+        rows = [
+            {"name": s.name, "title": s.title, "description": s.description, "licence": s.licence,
+             "citation": s.citation, "acquisition": s.acquisition, "label_map": s.label_map,
+             "obtain": s.obtain, "fetch": s.fetch is not None}
+            for s in SOURCES.values()
+        ]
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="Registered data sources", show_lines=True)
+    for column in ("name", "what it is", "licence", "how to obtain it"):
+        table.add_column(column, overflow="fold")
+    for source in sorted(SOURCES.values(), key=lambda s: s.name):
+        obtain = source.obtain + (f"\n(or: skintriage data fetch {source.name} --dest DIR)" if source.fetch else "")
+        table.add_row(source.name, f"{source.title}: {source.description}", source.licence, obtain)
+    console.print(table)
+
+
+@data_app.command("summarize")
+def data_summarize(
+    source: SourceName,
+    root: Root,
+    metadata: Metadata = None,
+    split: Split = "project",
+    seed: Seed = 0,
+    hash_all: HashImages = True,
+    as_json: AsJson = False,
+) -> None:
+    """Counts per split x diagnosis x triage group, lesion/patient groups and missing files."""
+    try:
+        manifest, hashes, policy = _load_and_split(source, root, metadata, split, seed, hash_all)
+        summary = summarize_manifest(manifest, leakage=audit_leakage(manifest, hashes), split_policy=policy)
+    except USER_ERRORS as error:
+        _fail(error)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"{source}: {summary['n_images']} images under {root}")
+    split_names = list(summary["splits"])
+    table.add_column("triage group")
+    table.add_column("diagnosis")
+    for name in split_names:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    groups = {label["diagnosis"]: label["triage_group"] for label in summary["labels"].values()}
+    for diagnosis in sorted(summary["diagnosis"], key=lambda d: (groups[d], d)):
+        cells = [str(summary["splits"][name]["diagnosis"].get(diagnosis, 0)) for name in split_names]
+        table.add_row(groups[diagnosis], diagnosis, *cells, str(summary["diagnosis"][diagnosis]))
+    console.print(table)
+    console.print(f"groups: {summary['groups']}")
+    console.print(f"split: {summary['split_policy']}")
+    if summary["missing_images"]:
+        console.print(f"[yellow]{summary['missing_images']} images missing[/], e.g. {summary['missing_examples'][:3]}")
+
+
+@data_app.command("audit")
+def data_audit(
+    source: SourceName,
+    root: Root,
+    metadata: Metadata = None,
+    split: Split = "project",
+    seed: Seed = 0,
+    hash_all: HashImages = True,
+    as_json: AsJson = False,
+) -> None:
+    """Leakage audit: lesions, patients and (near-)identical images that appear in more than one split.
+
+    Exits with status 2 when anything leaks, so that scripts can gate on it.
+    """
+    try:
+        manifest, hashes, policy = _load_and_split(source, root, metadata, split, seed, hash_all)
+        report = audit_leakage(manifest, hashes)
+    except USER_ERRORS as error:
+        _fail(error)
+    result = {"source": source, "split_policy": policy, "missing_images": len(manifest.missing_images), **report.to_dict()}
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(f"{source}: split {policy['strategy']} {report.split_sizes}")
+        console.print(f"  lesions in more than one split:  {len(report.shared_lesions)}")
+        console.print(f"  patients in more than one split: {len(report.shared_patients)}")
+        console.print(f"  byte-identical images across splits: {len(report.identical_images)}")
+        console.print(f"  near-identical images across splits: {len(report.near_identical_images)}")
+        if report.images_not_hashed:
+            console.print(f"  images not hashed (missing or unreadable): {report.images_not_hashed}")
+        for lesion, splits in list(report.shared_lesions.items())[:5]:
+            console.print(f"  e.g. lesion {lesion} in {', '.join(splits)}")
+    if report.leaks:
+        raise typer.Exit(code=2)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    source: SourceName,
+    dest: Annotated[Path, typer.Option("--dest", help="Folder to download into.")] = Path("data/downloads"),
+) -> None:
+    """Download a dataset where a scripted download exists, or print the exact manual steps."""
+    try:
+        chosen = get_source(source)
+        if chosen.fetch is None:
+            raise FetchError(f"{source} has no scripted download. To obtain it:\n{chosen.obtain}")
+        chosen.fetch(dest / source)
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"{source} downloaded into {dest / source}")
+
+
+if __name__ == "__main__":
+    app()
