@@ -57,9 +57,17 @@ def data_list(as_json: AsJson = False) -> None:
     """Every registered source: what it is, its licence and how to obtain it."""
     if as_json:
         rows = [
-            {"name": s.name, "title": s.title, "description": s.description, "licence": s.licence,
-             "citation": s.citation, "acquisition": s.acquisition, "label_map": s.label_map,
-             "obtain": s.obtain, "fetch": s.fetch is not None}
+            {
+                "name": s.name,
+                "title": s.title,
+                "description": s.description,
+                "licence": s.licence,
+                "citation": s.citation,
+                "acquisition": s.acquisition,
+                "label_map": s.label_map,
+                "obtain": s.obtain,
+                "fetch": s.fetch is not None,
+            }
             for s in SOURCES.values()
         ]
         console.print_json(json.dumps(rows))
@@ -129,7 +137,12 @@ def data_audit(
         report = audit_leakage(manifest, hashes)
     except USER_ERRORS as error:
         _fail(error)
-    result = {"source": source, "split_policy": policy, "missing_images": len(manifest.missing_images), **report.to_dict()}
+    result = {
+        "source": source,
+        "split_policy": policy,
+        "missing_images": len(manifest.missing_images),
+        **report.to_dict(),
+    }
     if as_json:
         print(json.dumps(result, indent=2))
     else:

@@ -34,9 +34,7 @@ class TriageGroup(StrEnum):
     BENIGN = "benign"
 
 
-MALIGNANT_GROUPS = frozenset(
-    {TriageGroup.MCC, TriageGroup.CUTANEOUS_METASTASIS, TriageGroup.OTHER_MALIGNANT}
-)
+MALIGNANT_GROUPS = frozenset({TriageGroup.MCC, TriageGroup.CUTANEOUS_METASTASIS, TriageGroup.OTHER_MALIGNANT})
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,9 @@ DIAGNOSES: dict[str, Diagnosis] = {
         Diagnosis(
             "vasc", "Vascular lesion", TriageGroup.BENIGN, "angiomas, angiokeratomas, pyogenic granulomas, haemorrhage"
         ),
-        Diagnosis("other_benign", "Other benign lesion", TriageGroup.BENIGN, "cysts, adnexal tumours, other benign growths"),
+        Diagnosis(
+            "other_benign", "Other benign lesion", TriageGroup.BENIGN, "cysts, adnexal tumours, other benign growths"
+        ),
         Diagnosis(
             "non_neoplastic",
             "Non-neoplastic skin condition",

@@ -149,7 +149,9 @@ def build_manifest(
         raise ValueError(f"on_missing must be 'error' or 'report', not {on_missing!r}")
     missing_columns = [c for c in RAW_REQUIRED if c not in raw.columns]
     if missing_columns:
-        raise ManifestError(f"source {source!r}: missing columns", [f"column {c!r} is required" for c in missing_columns])
+        raise ManifestError(
+            f"source {source!r}: missing columns", [f"column {c!r} is required" for c in missing_columns]
+        )
     frame = raw.reset_index(drop=True).copy()
     for column in RAW_OPTIONAL:
         if column not in frame.columns:

@@ -24,7 +24,11 @@ def summarize_manifest(manifest: Manifest, *, leakage: LeakageReport, split_poli
         for split, rows in sorted(frame.groupby("split"), key=lambda item: SPLITS.index(item[0]))
     }
     labels = {
-        str(raw): {"diagnosis": str(rows["diagnosis"].iloc[0]), "triage_group": str(rows["triage_group"].iloc[0]), "n": len(rows)}
+        str(raw): {
+            "diagnosis": str(rows["diagnosis"].iloc[0]),
+            "triage_group": str(rows["triage_group"].iloc[0]),
+            "n": len(rows),
+        }
         for raw, rows in frame.groupby("raw_label", sort=True)
     }
     return {

@@ -50,9 +50,7 @@ def read_table(path: Path, *, required: Sequence[str], delimiter: str | None = N
             if not any(field.strip() for field in row):
                 continue
             if len(row) != len(header):
-                raise MetadataError(
-                    f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}"
-                )
+                raise MetadataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}")
             rows.append(row)
             origins.append(f"{path.name}:{reader.line_num}")
     except csv.Error as error:

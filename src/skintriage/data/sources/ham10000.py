@@ -21,9 +21,7 @@ METADATA_CANDIDATES = (
     "HAM10000_metadata.tab",
     "HAM10000_metadata",
 )
-DATAVERSE_URL = (
-    "https://dataverse.harvard.edu/api/access/dataset/:persistentId/?persistentId=doi:10.7910/DVN/DBW86T"
-)
+DATAVERSE_URL = "https://dataverse.harvard.edu/api/access/dataset/:persistentId/?persistentId=doi:10.7910/DVN/DBW86T"
 MANUAL_STEPS = """\
   1. Open https://doi.org/10.7910/DVN/DBW86T (Harvard Dataverse) and accept the CC BY-NC 4.0 terms.
   2. Download HAM10000_metadata.tab, HAM10000_images_part_1.zip and HAM10000_images_part_2.zip

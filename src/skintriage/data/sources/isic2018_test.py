@@ -34,7 +34,9 @@ def one_hot_label(row: pd.Series) -> str:
     try:
         values = {column: float(row[column]) for column in CLASS_COLUMNS}
     except ValueError:
-        raise MetadataError(f"{row['origin']}: class columns must be numbers, found {row[list(CLASS_COLUMNS)].tolist()}") from None
+        raise MetadataError(
+            f"{row['origin']}: class columns must be numbers, found {row[list(CLASS_COLUMNS)].tolist()}"
+        ) from None
     positives = [column for column, value in values.items() if value == 1.0]
     if len(positives) != 1 or any(value not in (0.0, 1.0) for value in values.values()):
         raise MetadataError(f"{row['origin']}: expected exactly one class set to 1 in {CLASS_COLUMNS}, found {values}")
