@@ -105,9 +105,9 @@ class Manifest:
         kept = self.frame[~self.frame["image_id"].isin(missing)].reset_index(drop=True)
         return Manifest(kept, self.root)
 
-    def with_splits(self, splits: pd.Series | Iterable[str]) -> Manifest:
+    def with_splits(self, splits: pd.Series | Iterable[str | None]) -> Manifest:
         frame = self.frame.copy()
-        frame["split"] = list(splits)
+        frame["split"] = pd.Series(list(splits), index=frame.index, dtype=object)
         unknown = sorted(set(frame["split"].dropna()) - set(SPLITS))
         if unknown:
             raise ValueError(f"unknown split names {unknown}; expected {SPLITS}")
@@ -189,6 +189,9 @@ def build_manifest(
     frame["score_weight"] = frame["score_weight"].astype(float)
     for column in ("lesion_id", "patient_id", "body_site", "skin_type"):
         frame[column] = frame[column].map(_blank_to_none)
+    for column in ("lesion_id", "patient_id", "sex", "body_site", "skin_type", "acquisition", "split"):
+        values = frame[column].astype(object)
+        frame[column] = values.where(values.notna(), None)  # one spelling of "missing": None
     frame = frame[list(MANIFEST_COLUMNS)]
 
     missing: list[str] = []
@@ -287,8 +290,11 @@ def _array_lengths(path: Path) -> dict[str, int] | str:
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
                 with archive.open(member) as stream:
-                    version = np.lib.format.read_magic(stream)
-                    shape = np.lib.format._read_array_header(stream, version)[0]
+                    major, _ = np.lib.format.read_magic(stream)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    )
+                    shape = read_header(stream)[0]
                 lengths[member.removesuffix(".npy")] = shape[0] if shape else 0
         return lengths
     except (OSError, ValueError, zipfile.BadZipFile) as error:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -124,7 +125,7 @@ def leakage_groups(manifest: Manifest, hashes: ImageHashes | None = None) -> np.
     for column in ("patient_id", "lesion_id"):
         first_row: dict[str, int] = {}
         for row, value in enumerate(frame[column]):
-            if value is None:
+            if pd.isna(value):
                 continue
             key = str(value)
             if key in first_row:
