@@ -28,7 +28,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +102,7 @@ def test_truncated_jpeg_is_refused():
 
 
 def test_decompression_bomb_is_refused_before_decoding():
-    with pytest.raises(ImageDecodeError, match="bomb|larger than the limit"):
+    with pytest.raises(ImageDecodeError, match=r"bomb|larger than the limit"):
         decode_image(png_header_only(60_000, 60_000), name="bomb.png")
 
 
@@ -111,7 +113,7 @@ def test_pixel_limit_is_configurable():
 
 
 def test_missing_file_and_directory_are_named(tmp_path):
-    with pytest.raises(ImageDecodeError, match="nope.jpg: file not found"):
+    with pytest.raises(ImageDecodeError, match=r"nope.jpg: file not found"):
         decode_image(tmp_path / "nope.jpg", name="nope.jpg")
     with pytest.raises(ImageDecodeError, match="not a regular file"):
         decode_image(tmp_path)
@@ -122,7 +124,7 @@ def test_decode_array_handles_gray_float_and_alpha():
     floats = decode_array(np.full((4, 4, 3), 0.5, dtype=np.float32), name="f")
     assert floats.getpixel((0, 0)) == (128, 128, 128)
     assert decode_array(np.zeros((4, 4, 4), dtype=np.uint8), name="rgba").getpixel((0, 0)) == (255, 255, 255)
-    with pytest.raises(ImageDecodeError, match="dermamnist.npz#train_images/3: array of shape"):
+    with pytest.raises(ImageDecodeError, match=r"dermamnist.npz#train_images/3: array of shape"):
         decode_array(np.zeros((4, 0, 3), dtype=np.uint8), name="dermamnist.npz#train_images/3")
 
 

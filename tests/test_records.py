@@ -82,7 +82,7 @@ def test_duplicate_image_ids_name_both_rows(tmp_path):
 @pytest.mark.parametrize("path", ["../outside.jpg", "images/../../outside.jpg", "/etc/passwd", "C:\\secret.jpg"])
 def test_paths_escaping_the_root_are_refused(tmp_path, path):
     raw = raw_rows(tmp_path, image=["images/img0.jpg", path, "images/img2.jpg"])
-    with pytest.raises(ManifestError, match="meta.csv:3: image path"):
+    with pytest.raises(ManifestError, match=r"meta.csv:3: image path"):
         build(raw, tmp_path)
 
 

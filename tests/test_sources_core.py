@@ -33,7 +33,10 @@ HAM_ROWS = [
 def test_ham10000_official_layout(tmp_path):
     write_ham_release(tmp_path, HAM_ROWS)
     frame = get_source("ham10000").load(tmp_path).frame
-    assert frame["image"].tolist()[:2] == ["HAM10000_images_part_1/ISIC_0027419.jpg", "HAM10000_images_part_2/ISIC_0025030.jpg"]
+    assert frame["image"].tolist()[:2] == [
+        "HAM10000_images_part_1/ISIC_0027419.jpg",
+        "HAM10000_images_part_2/ISIC_0025030.jpg",
+    ]
     assert frame["diagnosis"].tolist() == ["bkl", "bkl", "mel", "akiec"]
     assert frame["triage_group"].tolist() == ["benign", "benign", "other_malignant", "other_malignant"]
     assert frame["sex"].tolist() == ["male", "male", "female", None]
@@ -51,7 +54,7 @@ def test_ham10000_subset_layout_with_file_column(tmp_path):
 
 
 def test_ham10000_bad_inputs_name_the_culprit(tmp_path):
-    write_ham_release(tmp_path, HAM_ROWS[:2] + ["HAM_9,ISIC_9,mole,histo,50,male,back,x\n"])
+    write_ham_release(tmp_path, [*HAM_ROWS[:2], "HAM_9,ISIC_9,mole,histo,50,male,back,x\n"])
     with pytest.raises(UnknownLabelError, match=r"source 'ham10000': label 'mole' \(HAM10000_metadata.csv:4\)"):
         get_source("ham10000").load(tmp_path)
     (tmp_path / "HAM10000_metadata.csv").write_text(HAM_HEADER + HAM_ROWS[0] + "HAM_1,ISIC_1,nv\n")
@@ -61,7 +64,7 @@ def test_ham10000_bad_inputs_name_the_culprit(tmp_path):
     with pytest.raises(MetadataError, match=r"missing column\(s\) 'lesion_id'"):
         get_source("ham10000").load(tmp_path)
     (tmp_path / "HAM10000_metadata.csv").write_text(HAM_HEADER + HAM_ROWS[0] + 'HAM_1,"ISIC_1,nv\n')
-    with pytest.raises(MetadataError, match="HAM10000_metadata.csv:3"):
+    with pytest.raises(MetadataError, match=r"HAM10000_metadata.csv:3"):
         get_source("ham10000").load(tmp_path)
     (tmp_path / "HAM10000_metadata.csv").unlink()
     with pytest.raises(MetadataError, match="no metadata file found"):
@@ -86,7 +89,7 @@ def test_isic2018_test_one_hot_ground_truth(tmp_path):
     assert frame["split"].unique().tolist() == ["test"]
     assert frame["score_weight"].tolist() == [1.0, 0.0]
     (tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv").write_text(header + "ISIC_0034524,1.0,1.0,0,0,0,0,0\n")
-    with pytest.raises(MetadataError, match="ISIC2018_Task3_Test_GroundTruth.csv:2: expected exactly one class"):
+    with pytest.raises(MetadataError, match=r"ISIC2018_Task3_Test_GroundTruth.csv:2: expected exactly one class"):
         get_source("isic2018_test").load(tmp_path)
 
 
@@ -143,7 +146,9 @@ def test_fetch_fails_fast_with_the_manual_steps(tmp_path, monkeypatch):
     from skintriage.data.sources import ham10000
 
     monkeypatch.setattr(ham10000, "DATAVERSE_URL", "http://127.0.0.1:9/ham10000.zip")
-    with pytest.raises(FetchError, match=r"(?s)could not download http://127.0.0.1:9/ham10000.zip.*doi.org/10.7910/DVN/DBW86T"):
+    with pytest.raises(
+        FetchError, match=r"(?s)could not download http://127.0.0.1:9/ham10000.zip.*doi.org/10.7910/DVN/DBW86T"
+    ):
         get_source("ham10000").fetch(tmp_path)
     assert not any(tmp_path.iterdir())  # no half-written file left behind
 
@@ -153,7 +158,13 @@ def test_real_ham10000_subset():
     frame = get_source("ham10000").load(root).frame
     assert len(frame) == 5984 and frame["lesion_id"].nunique() == 5984
     assert frame["diagnosis"].value_counts().to_dict() == {
-        "nv": 4323, "bkl": 583, "mel": 491, "bcc": 264, "akiec": 183, "vasc": 80, "df": 60
+        "nv": 4323,
+        "bkl": 583,
+        "mel": 491,
+        "bcc": 264,
+        "akiec": 183,
+        "vasc": 80,
+        "df": 60,
     }
 
 
@@ -162,7 +173,13 @@ def test_real_isic2018_test_set():
     frame = get_source("isic2018_test").load(root).frame
     assert len(frame) == 1512 and frame["score_weight"].sum() == 1511
     assert frame["diagnosis"].value_counts().to_dict() == {
-        "nv": 909, "bkl": 217, "mel": 171, "bcc": 93, "df": 44, "akiec": 43, "vasc": 35
+        "nv": 909,
+        "bkl": 217,
+        "mel": 171,
+        "bcc": 93,
+        "df": 44,
+        "akiec": 43,
+        "vasc": 35,
     }
 
 

@@ -22,7 +22,6 @@ app = typer.Typer(help=f"skintriage: skin-lesion triage research prototype. {DIS
 data_app = typer.Typer(help="Datasets: list, fetch, summarize and audit the supported sources.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
-errors = Console(stderr=True)
 
 SourceName = Annotated[str, typer.Argument(help="Registered source name (see `skintriage data list`).")]
 Root = Annotated[Path, typer.Option("--root", help="Folder the dataset was unpacked into.")]
@@ -39,7 +38,7 @@ USER_ERRORS = (ManifestError, MetadataError, UnknownLabelError, FetchError, File
 
 def _fail(error: Exception) -> None:
     message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    errors.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=1)
 
 

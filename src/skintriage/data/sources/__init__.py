@@ -2,10 +2,14 @@
 
 # Each import registers its source.
 from skintriage.data.sources import (  # noqa: F401
+    ddi,
     dermnet,
+    fitzpatrick17k,
+    folder,
     ham10000,
     isic2018_test,
     pad_ufes_20,
+    ph2,
 )
 from skintriage.data.sources.registry import SOURCES, FetchError, Source, get_source
 

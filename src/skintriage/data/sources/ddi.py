@@ -12,13 +12,12 @@ the map, the CSV or a column is wrong, so it stops the load, except for the labe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from skintriage.data.records import ManifestError
-from skintriage.data.sources.files import MetadataError, blank, index_images, read_table
+from skintriage.data.sources.files import MetadataError, blank, index_images, parse_codes, read_table
 from skintriage.data.sources.registry import Source, register
 from skintriage.taxonomy import is_malignant, label_map, normalise_label
 
@@ -60,20 +59,6 @@ def read(root: Path, *, metadata: Path | None = None) -> pd.DataFrame:
             "origin": table["origin"],
         }
     )
-
-
-def parse_codes(table: pd.DataFrame, column: str, codes: Mapping[str, object]) -> list[object]:
-    """Decode a coded column; a value outside the code list names its row instead of becoming a default.
-
-    Shared with the Fitzpatrick17k loader (``fitzpatrick_scale``); it belongs in ``files.py``.
-    """
-    decoded = []
-    for value, origin in zip(table[column], table["origin"], strict=True):
-        key = value.strip().lower()
-        if key not in codes:
-            raise MetadataError(f"{origin}: {column} {value!r} is not one of {', '.join(codes)}")
-        decoded.append(codes[key])
-    return decoded
 
 
 def _check_flags(diseases: pd.Series, flags: list[object], origins: pd.Series) -> None:

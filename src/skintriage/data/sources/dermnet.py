@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skintriage.data.sources.files import blank, index_images, read_table
+from skintriage.data.sources.files import blank, list_images, read_table
 from skintriage.data.sources.registry import Source, register
 
 MANUAL_STEPS = """\
@@ -42,8 +42,7 @@ def read(root: Path, *, metadata: Path | None = None) -> pd.DataFrame:
             else None
         )
     else:
-        index = index_images(root)
-        files = pd.Series(sorted(index.values()), dtype=object)
+        files = pd.Series(list_images(root), dtype=object)
         labels = files.map(lambda file: _topic_from_folder(Path(file).parent.name))
         origins = files
         lesion_ids = None

@@ -6,7 +6,7 @@ import csv
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -60,24 +60,53 @@ def read_table(path: Path, *, required: Sequence[str], delimiter: str | None = N
     return frame
 
 
+def list_images(root: Path, *, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[str]:
+    """Every image file under ``root`` (POSIX paths relative to it, sorted), skipping macOS ``._`` files."""
+    wanted = {s.lower() for s in suffixes}
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if os.path.splitext(name)[1].lower() in wanted and not name.startswith("._"):
+                found.append(Path(folder, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
 def index_images(root: Path, *, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> dict[str, str]:
     """Map each image's file stem (e.g. ``ISIC_0024306``) to its path relative to ``root``.
 
     Datasets unpack into varying folder layouts (HAM10000 comes in two ``part`` folders); indexing by
     stem finds the image wherever it landed. A stem found twice is ambiguous and raises.
     """
-    wanted = {s.lower() for s in suffixes}
     found: dict[str, str] = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            stem, suffix = os.path.splitext(name)
-            if suffix.lower() not in wanted or name.startswith("._"):
-                continue
-            relative = Path(folder, name).relative_to(root).as_posix()
-            if stem in found:
-                raise MetadataError(f"{root}: two images named {stem!r}: {found[stem]} and {relative}")
-            found[stem] = relative
+    for relative in list_images(root, suffixes=suffixes):
+        stem = Path(relative).stem
+        if stem in found:
+            raise MetadataError(f"{root}: two images named {stem!r}: {found[stem]} and {relative}")
+        found[stem] = relative
     return found
+
+
+def find_metadata(root: Path, candidates: tuple[str, ...]) -> Path:
+    for name in candidates:
+        if (root / name).is_file():
+            return root / name
+    raise MetadataError(f"{root}: no metadata file found; expected one of {', '.join(candidates)}")
+
+
+def normalise_sex(value: object) -> str | None:
+    text = "" if blank(value) else str(value).strip().lower()
+    return {"male": "male", "m": "male", "female": "female", "f": "female"}.get(text)
+
+
+def parse_codes(table: pd.DataFrame, column: str, codes: Mapping[str, object]) -> list[object]:
+    """Decode a coded column; a value outside the code list names its row instead of becoming a default."""
+    decoded = []
+    for value, origin in zip(table[column], table["origin"], strict=True):
+        key = value.strip().lower()
+        if key not in codes:
+            raise MetadataError(f"{origin}: {column} {value!r} is not one of {', '.join(codes)}")
+        decoded.append(codes[key])
+    return decoded
 
 
 def blank(value: object) -> bool:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skintriage.data.sources.ddi import parse_codes
-from skintriage.data.sources.files import download, index_images, read_table
+from skintriage.data.sources.files import download, index_images, parse_codes, read_table
 from skintriage.data.sources.registry import FetchError, Source, register
 
 CSV_NAME = "fitzpatrick17k.csv"

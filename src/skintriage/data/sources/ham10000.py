@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skintriage.data.sources.files import MetadataError, blank, download, index_images, read_table
+from skintriage.data.sources.files import download, find_metadata, index_images, normalise_sex, read_table
 from skintriage.data.sources.registry import Source, register
 
 METADATA_CANDIDATES = (
@@ -27,18 +27,6 @@ MANUAL_STEPS = """\
   2. Download HAM10000_metadata.tab, HAM10000_images_part_1.zip and HAM10000_images_part_2.zip
      (and, for the ISIC 2018 test set, ISIC2018_Task3_Test_Images.zip and its ground truth).
   3. Unzip everything into one folder and run: skintriage data summarize ham10000 --root FOLDER"""
-
-
-def find_metadata(root: Path, candidates: tuple[str, ...]) -> Path:
-    for name in candidates:
-        if (root / name).is_file():
-            return root / name
-    raise MetadataError(f"{root}: no metadata file found; expected one of {', '.join(candidates)}")
-
-
-def normalise_sex(value: object) -> str | None:
-    text = "" if blank(value) else str(value).strip().lower()
-    return {"male": "male", "m": "male", "female": "female", "f": "female"}.get(text)
 
 
 def read(root: Path, *, metadata: Path | None = None) -> pd.DataFrame:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skintriage.data.sources.files import MetadataError, index_images, read_table
-from skintriage.data.sources.ham10000 import find_metadata
+from skintriage.data.sources.files import MetadataError, find_metadata, index_images, read_table
 from skintriage.data.sources.registry import Source, register
 
 GROUND_TRUTH_CANDIDATES = (

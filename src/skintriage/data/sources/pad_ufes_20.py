@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skintriage.data.sources.files import blank, index_images, read_table
-from skintriage.data.sources.ham10000 import normalise_sex
+from skintriage.data.sources.files import blank, index_images, normalise_sex, read_table
 from skintriage.data.sources.registry import Source, register
 
 FITZPATRICK = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI"}

@@ -1,4 +1,4 @@
-"""PH2 (Mendonça et al. 2013): 200 dermoscopic images from Porto, 80 common naevi, 80 atypical naevi, 40 melanomas.
+"""PH2 (Mendonça et al. 2013): 200 dermoscopic images from Portugal: 80 common naevi, 80 atypical naevi, 40 melanomas.
 
 The release unpacks to ``PH2Dataset/`` with ``PH2_dataset.txt`` (also as ``.xlsx``) and one folder per
 case: ``PH2 Dataset images/IMD002/IMD002_Dermoscopic_Image/IMD002.bmp``. The text table is read, not the
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skintriage.data.sources.files import MetadataError
-from skintriage.data.sources.ham10000 import find_metadata
+from skintriage.data.sources.files import MetadataError, find_metadata
 from skintriage.data.sources.registry import Source, register
 
 TABLE_CANDIDATES = ("PH2_dataset.txt", "PH2Dataset/PH2_dataset.txt")
@@ -36,17 +35,23 @@ MANUAL_STEPS = """\
 def read(root: Path, *, metadata: Path | None = None) -> pd.DataFrame:
     path = metadata or find_metadata(root, TABLE_CANDIDATES)
     table = read_pipe_table(path, required=("Name", "Clinical Diagnosis"))
-    # Images sit next to the table in the official layout; a table kept elsewhere means images under root.
-    base = path.parent.resolve().relative_to(root.resolve()) if path.resolve().is_relative_to(root.resolve()) else Path()
+    images = _images_folder(path, root)
     names = table["Name"]
     return pd.DataFrame(
         {
             "image_id": names,
-            "image": names.map(lambda name: (base / IMAGES_FOLDER / name / f"{name}_Dermoscopic_Image" / f"{name}.bmp").as_posix()),
+            "image": names.map(lambda name: (images / name / f"{name}_Dermoscopic_Image" / f"{name}.bmp").as_posix()),
             "raw_label": table["Clinical Diagnosis"],
             "origin": table["origin"],
         }
     )
+
+
+def _images_folder(table: Path, root: Path) -> Path:
+    """The case folders sit next to the table in the official layout; a table kept outside the root
+    (``metadata=``) leaves them directly under the root."""
+    folder, top = table.parent.resolve(), root.resolve()
+    return (folder.relative_to(top) if folder.is_relative_to(top) else Path()) / IMAGES_FOLDER
 
 
 def read_pipe_table(path: Path, *, required: tuple[str, ...]) -> pd.DataFrame:
