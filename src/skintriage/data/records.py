@@ -281,22 +281,27 @@ def _array_problem(root: Path, location: str, cache: dict[str, dict[str, int] | 
     return None
 
 
+def npz_array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shape of every array in an ``.npz``, read from the array headers without loading the pixels.
+
+    Raises OSError, ValueError or zipfile.BadZipFile for a file that is not a readable ``.npz``.
+    """
+    shapes = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            with archive.open(member) as stream:
+                major, _ = np.lib.format.read_magic(stream)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shapes[member.removesuffix(".npy")] = read_header(stream)[0]
+    return shapes
+
+
 def _array_lengths(path: Path) -> dict[str, int] | str:
-    """Number of images in each array of an ``.npz``, read from the array headers without loading pixels."""
+    """Number of images in each array of an ``.npz``, or the reason it cannot be read."""
     if not path.is_file():
         return "file not found"
     try:
-        lengths = {}
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                with archive.open(member) as stream:
-                    major, _ = np.lib.format.read_magic(stream)
-                    read_header = (
-                        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                    )
-                    shape = read_header(stream)[0]
-                lengths[member.removesuffix(".npy")] = shape[0] if shape else 0
-        return lengths
+        return {key: shape[0] if shape else 0 for key, shape in npz_array_shapes(path).items()}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         return f"not a readable .npz file ({error})"
 

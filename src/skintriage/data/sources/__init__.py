@@ -3,11 +3,13 @@
 # Each import registers its source.
 from skintriage.data.sources import (  # noqa: F401
     ddi,
+    dermamnist,
     dermnet,
     fitzpatrick17k,
     folder,
     ham10000,
     isic2018_test,
+    isic_archive,
     pad_ufes_20,
     ph2,
 )
