@@ -71,13 +71,16 @@ def data_list(as_json: AsJson = False) -> None:
         ]
         console.print_json(json.dumps(rows))
         return
-    table = Table(title="Registered data sources", show_lines=True)
-    for column in ("name", "what it is", "licence", "how to obtain it"):
-        table.add_column(column, overflow="fold")
     for source in sorted(SOURCES.values(), key=lambda s: s.name):
-        obtain = source.obtain + (f"\n(or: skintriage data fetch {source.name} --dest DIR)" if source.fetch else "")
-        table.add_row(source.name, f"{source.title}: {source.description}", source.licence, obtain)
-    console.print(table)
+        console.rule(f"[bold]{source.name}[/]: {source.title}", align="left")
+        console.print(source.description, highlight=False)
+        console.print(f"[bold]licence:[/] {source.licence}", highlight=False)
+        console.print(f"[bold]acquisition:[/] {source.acquisition or 'per image'}", highlight=False)
+        console.print("[bold]how to obtain it:[/]", highlight=False)
+        console.print(source.obtain, highlight=False, markup=False)
+        if source.fetch:
+            console.print(f"  or: skintriage data fetch {source.name} --dest DIR", highlight=False)
+        console.print()
 
 
 @data_app.command("summarize")
