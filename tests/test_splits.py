@@ -158,3 +158,31 @@ def test_real_ham10000_split_is_lesion_disjoint_and_stratified():
     assert report.leaks == 0
     shares = split.frame.groupby("diagnosis")["split"].apply(lambda s: (s == "val").mean())
     assert np.all(np.abs(shares - 0.15) < 0.02), shares.to_dict()
+
+
+def test_dermamnist_style_official_split_leak_is_found_through_image_hashes(tmp_path):
+    """MedMNIST arrays carry no lesion ids; a picture in both train and test is still caught."""
+    from skintriage.data.sources import dermamnist  # noqa: F401  (registers the source)
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(6, 28, 28, 3), dtype=np.uint8)
+    test = rng.integers(0, 256, size=(3, 28, 28, 3), dtype=np.uint8)
+    test[0] = train[2]  # the same image in both splits
+    test[1] = np.clip(train[4].astype(int) + 3, 0, 255)  # a slightly brightened copy
+    labels = {name: rng.integers(0, 7, size=(n, 1)) for name, n in (("train", 6), ("val", 2), ("test", 3))}
+    np.savez(
+        tmp_path / "dermamnist.npz",
+        train_images=train,
+        val_images=rng.integers(0, 256, size=(2, 28, 28, 3), dtype=np.uint8),
+        test_images=test,
+        **{f"{name}_labels": value for name, value in labels.items()},
+    )
+    manifest = get_source("dermamnist").load(tmp_path)
+    official, _ = split_manifest(manifest, strategy="official", fractions=TRAIN_VAL)
+    report = audit_leakage(official, hash_images(official))
+    assert report.identical_images == [
+        {"image_a": "dermamnist:train:2", "split_a": "train", "image_b": "dermamnist:test:0", "split_b": "test"}
+    ]
+    assert [(p["image_a"], p["image_b"]) for p in report.near_identical_images] == [
+        ("dermamnist:train:4", "dermamnist:test:1")
+    ]
