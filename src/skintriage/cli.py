@@ -46,8 +46,9 @@ def _load_and_split(source_name: str, root: Path, metadata: Path | None, split: 
     source = get_source(source_name)
     manifest = source.load(root, metadata=metadata, on_missing="report", progress=True)
     hashes = hash_images(manifest, progress=True) if hash_all else None
-    fractions = source.split_fractions or (("test", 1.0),)
-    split_manifest_, policy = split_manifest(manifest, strategy=split, fractions=fractions, seed=seed, hashes=hashes)
+    split_manifest_, policy = split_manifest(
+        manifest, strategy=split, fractions=source.split_fractions, seed=seed, hashes=hashes
+    )
     return split_manifest_, hashes, policy
 
 

@@ -81,9 +81,6 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.frame)
 
-    def image_path(self, location: str) -> Path:
-        return self.root / location.split(ARRAY_SEPARATOR, 1)[0]
-
     def read_image(self, location: str) -> Image.Image:
         """Decode one image of this manifest (file or array element) to upright RGB."""
         if ARRAY_SEPARATOR in location:
@@ -91,12 +88,18 @@ class Manifest:
             return decode_array(_npz_arrays(self.root / file_name)[key][index], name=location)
         return decode_image(self.root / location, name=location)
 
-    def read_bytes(self, location: str) -> bytes:
-        """The stored bytes of one image (file contents or raw array), for exact-duplicate hashing."""
+    def read_image_and_bytes(self, location: str) -> tuple[Image.Image, bytes]:
+        """The decoded image and its stored bytes (file contents or raw array), read from disk once.
+
+        The bytes are what exact-duplicate hashing compares; decoding them rather than re-reading the
+        file keeps an audit of a large dataset to one read per image.
+        """
         if ARRAY_SEPARATOR in location:
             file_name, key, index = parse_array_location(location)
-            return _npz_arrays(self.root / file_name)[key][index].tobytes()
-        return (self.root / location).read_bytes()
+            array = _npz_arrays(self.root / file_name)[key][index]
+            return decode_array(array, name=location), array.tobytes()
+        data = (self.root / location).read_bytes()
+        return decode_image(data, name=location), data
 
     def with_images(self) -> Manifest:
         if not self.missing_images:

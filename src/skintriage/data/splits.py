@@ -60,8 +60,8 @@ def hash_images(manifest: Manifest, *, progress: bool = False) -> ImageHashes:
         digest = None
         if image_id not in missing:
             try:
-                digest = hashlib.sha256(manifest.read_bytes(location)).hexdigest()
-                image = manifest.read_image(location)
+                image, data = manifest.read_image_and_bytes(location)
+                digest = hashlib.sha256(data).hexdigest()
                 dhash[row] = difference_hash(image)
                 thumbnail[row] = colour_thumbnail(image)
             except (OSError, ImageDecodeError):

@@ -71,6 +71,6 @@ SOURCE = register(
         label_map="isic2018",
         read=read,
         acquisition="dermoscopic",
-        split_fractions=(),
+        split_fractions=(("test", 1.0),),
     )
 )
