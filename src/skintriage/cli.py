@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from skintriage import DISCLAIMER
+from skintriage.checkpoint import DEFAULT_BUNDLE, BundleError
+from skintriage.config import ConfigError
 from skintriage.data.records import ManifestError
 from skintriage.data.sources import SOURCES, FetchError, get_source
 from skintriage.data.sources.files import MetadataError
@@ -33,7 +35,18 @@ HashImages = Annotated[
 ]
 Split = Annotated[str, typer.Option("--split", help=f"Split strategy: {', '.join(SPLIT_STRATEGIES)}.")]
 
-USER_ERRORS = (ManifestError, MetadataError, UnknownLabelError, FetchError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (
+    ManifestError,
+    MetadataError,
+    UnknownLabelError,
+    FetchError,
+    ConfigError,
+    BundleError,
+    FileNotFoundError,
+    KeyError,
+    ValueError,
+)
+Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="Model bundle folder (model.json + model.safetensors).")]
 
 
 def _fail(error: Exception) -> None:
@@ -176,6 +189,66 @@ def data_fetch(
     except USER_ERRORS as error:
         _fail(error)
     console.print(f"{source} downloaded into {dest / source}")
+
+
+@app.command("train")
+def train_command(
+    config_path: Annotated[Path, typer.Argument(help="YAML config, e.g. configs/benchmark_cpu.yaml.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<config name>).")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Overrides the config's data_root.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Overrides the config's epochs.")] = None,
+) -> None:
+    """Train, calibrate and evaluate a model; rerun the same command to resume an interrupted run."""
+    from skintriage.config import load_config
+    from skintriage.train import train
+
+    try:
+        config = load_config(config_path, epochs=epochs)
+        bundle = train(config, out=out or Path("runs") / config.name, data_root=data_root)
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"bundle written to {bundle}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    source: Annotated[str, typer.Option("--source", help="Registered source to evaluate on.")],
+    root: Root,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, predictions.csv, report.md.")],
+    checkpoint: Checkpoint = DEFAULT_BUNDLE,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Evaluate only this split (project split of the source).")
+    ] = None,
+    seed: Seed = 0,
+) -> None:
+    """Evaluate a model bundle (default: the bundled model) on a dataset and write the report."""
+    from skintriage.checkpoint import load_bundle
+    from skintriage.evaluate import evaluate_bundle, write_evaluation
+
+    try:
+        bundle = load_bundle(checkpoint)
+        if split is None:
+            manifest = get_source(source).load(root, progress=True).with_images()
+        else:
+            manifest, _, _ = _load_and_split(source, root, None, "project", seed, True)
+            frame = manifest.frame[manifest.frame["split"] == split]
+            if frame.empty:
+                raise ValueError(f"source {source!r} has no images in split {split!r}")
+            manifest = type(manifest)(frame.reset_index(drop=True), manifest.root)
+        result = evaluate_bundle(bundle, manifest.with_images(), name=source if split is None else f"{source}_{split}")
+        write_evaluation(result, out)
+    except USER_ERRORS as error:
+        _fail(error)
+    m = result.metrics
+    console.print(
+        f"{m['n_images']} images: balanced accuracy {m['balanced_accuracy']:.4f}, accuracy {m['accuracy']:.4f}, "
+        f"macro AUC {m.get('macro_auc', float('nan')):.4f}, ECE {m['ece']:.4f}; referral sensitivity "
+        f"{m['referral'].get('sensitivity', float('nan')):.4f} at specificity "
+        f"{m['referral'].get('specificity', float('nan')):.4f}",
+        highlight=False,
+    )
+    console.print(f"wrote {out}/metrics.json, predictions.csv, report.md", highlight=False)
+    console.print(DISCLAIMER, style="dim", highlight=False)
 
 
 if __name__ == "__main__":

@@ -338,7 +338,7 @@ def malignancy_score(probabilities: np.ndarray, class_codes: Sequence[str]) -> n
     if unknown:
         raise ValueError(f"unknown diagnosis codes {unknown}; expected codes from skintriage.taxonomy.DIAGNOSES")
     malignant = np.array([taxonomy.is_malignant(taxonomy.DIAGNOSES[c].group) for c in class_codes])
-    return p[:, malignant].sum(axis=1)
+    return np.clip(p[:, malignant].sum(axis=1), 0.0, 1.0)  # float sums can reach 1 + 2e-16
 
 
 def _operating_points(s: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,17 +6,29 @@ joined back to the manifest: image id, source, triage group, split, ...).
 
 Images are decoded with ``manifest.read_image`` (the project's one safe decoder: EXIF orientation,
 any mode to RGB, clear errors) and handed to the transform as an (H, W, 3) ``uint8`` array.
+
+Two per-image steps happen before the transform, because they depend on the row, not on the epoch:
+
+* rows of a source in ``mask_watermark_sources`` get their bottom-left watermark corner filled
+  (:func:`~skintriage.data.presets.mask_corner`), so one dataset can mix DermNet photos with
+  dermoscopic images whose corner holds real skin;
+* with ``cache_side``, each image is decoded once, its short side resized to ``cache_side`` and the
+  result kept in memory. On a 2-core machine JPEG decoding of full-size images costs as much as a
+  small network's forward pass; a 160 px cache of 7,000 images is about 0.6 GB. The cache fills
+  lazily, so it persists across epochs only with ``num_workers=0`` (each worker has its own copy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
+from skintriage.data.presets import mask_corner
 from skintriage.data.records import Manifest
 from skintriage.taxonomy import DIAGNOSES
 
@@ -29,14 +41,24 @@ class ManifestDataset(Dataset):
     ``class_names`` lists canonical diagnosis codes (``skintriage.taxonomy.DIAGNOSES``) in the order of
     the model's outputs. Every row's diagnosis must be one of them; a row that is not is an error at
     construction, not a crash hours into an epoch (filter the manifest first to drop classes on
-    purpose). Rows whose image is missing (``manifest.missing_images``) are an error too; use
+    purpose), unless ``unknown_label`` is given (e.g. -1): evaluation predicts such rows too, because
+    their referral can be scored from the triage group even though the model has no class for them. Rows whose image is missing (``manifest.missing_images``) are an error too; use
     ``manifest.with_images()``.
 
     ``transform`` receives an (H, W, 3) ``uint8`` RGB array (e.g. a preset from
     :mod:`skintriage.data.presets`); ``None`` returns that array as a (3, H, W) ``uint8`` tensor.
     """
 
-    def __init__(self, manifest: Manifest, *, transform: Transform | None, class_names: Sequence[str]):
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        transform: Transform | None,
+        class_names: Sequence[str],
+        mask_watermark_sources: Collection[str] = (),
+        cache_side: int | None = None,
+        unknown_label: int | None = None,
+    ):
         class_names = list(class_names)
         if not class_names:
             raise ValueError("class_names is empty")
@@ -56,7 +78,7 @@ class ManifestDataset(Dataset):
         frame = manifest.frame
         diagnoses = frame["diagnosis"].astype(str)
         outside = diagnoses[~diagnoses.isin(class_names)].value_counts()
-        if len(outside):
+        if len(outside) and unknown_label is None:
             counts = ", ".join(f"{name!r} ({count} rows)" for name, count in outside.items())
             raise ValueError(
                 f"{int(outside.sum())} of {len(frame)} manifest rows have a diagnosis that is not in class_names "
@@ -66,8 +88,11 @@ class ManifestDataset(Dataset):
         self.transform = transform
         self.class_names = class_names
         index = {name: i for i, name in enumerate(class_names)}
-        self.labels = np.array([index[name] for name in diagnoses], dtype=np.int64)
+        self.labels = np.array([index.get(name, unknown_label) for name in diagnoses], dtype=np.int64)
         self.locations = frame["image"].tolist()
+        self.masked = frame["source"].isin(list(mask_watermark_sources)).to_numpy()
+        self.cache_side = cache_side
+        self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -76,12 +101,23 @@ class ManifestDataset(Dataset):
         if not -len(self) <= row < len(self):
             raise IndexError(f"row {row} out of range for a dataset of {len(self)} images")
         row = row % len(self)
-        pixels = np.asarray(self.manifest.read_image(self.locations[row]))
+        pixels = self.pixels(row)
         if self.transform is None:
             image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         else:
             image = self.transform(pixels)
         return image, int(self.labels[row]), row
+
+    def pixels(self, row: int) -> np.ndarray:
+        """The row's image as an (H, W, 3) ``uint8`` array, watermark-masked and cache-resized as configured."""
+        if row in self._cache:
+            return self._cache[row]
+        pixels = prepare_pixels(
+            self.manifest.read_image(self.locations[row]), mask_watermark=bool(self.masked[row]), side=self.cache_side
+        )
+        if self.cache_side is not None:
+            self._cache[row] = pixels
+        return pixels
 
     @property
     def num_classes(self) -> int:
@@ -116,3 +152,14 @@ class ManifestDataset(Dataset):
         """
         counts = self.class_counts().astype(np.float64)
         return torch.tensor(counts[self.labels] ** -power, dtype=torch.float64)
+
+
+def prepare_pixels(image: Image.Image, *, mask_watermark: bool, side: int | None = None) -> np.ndarray:
+    """Decoded RGB image -> (H, W, 3) ``uint8``: watermark corner filled (if asked), short side resized to ``side``."""
+    if side is not None and min(image.size) != side:
+        scale = side / min(image.size)
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+        )
+    pixels = np.asarray(image.convert("RGB"))
+    return mask_corner(pixels) if mask_watermark else pixels

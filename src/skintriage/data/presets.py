@@ -148,7 +148,8 @@ class _Preset:
 
     transform: A.Compose
 
-    def _set_seed(self, seed: int | None) -> None:
+    def reseed(self, seed: int | None) -> None:
+        """Restart the random stream; training reseeds once per epoch so a resumed run repeats an uninterrupted one."""
         self.seed = seed
         self._worker_seed: int | None = None
         # One shared stream for all transforms; see the module docstring for why not Compose(seed=).
@@ -223,7 +224,7 @@ class ClassificationPresetTrain(_Preset):
             ToTensorV2(),
         ]
         self.transform = A.Compose(steps)
-        self._set_seed(seed)
+        self.reseed(seed)
 
 
 class ClassificationPresetEval(_Preset):
@@ -244,7 +245,7 @@ class ClassificationPresetEval(_Preset):
             ToTensorV2(),
         ]
         self.transform = A.Compose(steps)
-        self._set_seed(None)
+        self.reseed(None)
 
 
 def denormalize(tensor: torch.Tensor) -> torch.Tensor:

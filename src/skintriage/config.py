@@ -1,0 +1,123 @@
+"""Training configuration: a typed, validated view of a YAML file in ``configs/``.
+
+A config is plain values (nanoGPT style): which sources to train on, the model, the augmentation
+size, the optimiser and schedule, and the seed. Validation happens once, when the file is read, so a
+typo (``epocs: 30``) or a bad value (``lr: -1``) fails at once with the field named, not an hour into
+training. ``TrainConfig.model_dump()`` is stored in every run folder and checkpoint, so a run can be
+repeated from what it recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from skintriage.data.splits import SPLIT_STRATEGIES
+from skintriage.models import list_models
+from skintriage.taxonomy import DIAGNOSES
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not validate; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """One data source. ``root`` is relative to ``TrainConfig.data_root`` unless absolute."""
+
+    name: str
+    root: str
+    split: str = "project"
+    # Fill the bottom-left watermark corner (DermNet) before any augmentation, at training and inference.
+    mask_watermark: bool = False
+
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, value: str) -> str:
+        if value not in SPLIT_STRATEGIES:
+            raise ValueError(f"split must be one of {SPLIT_STRATEGIES}, not {value!r}")
+        return value
+
+
+class TrainConfig(_Strict):
+    name: str
+    data_root: str = "../shared/data"
+    sources: list[SourceConfig] = Field(min_length=1)
+    # Extra test sets, evaluated after training (e.g. the official ISIC 2018 test set); never used to choose anything.
+    test_sources: list[SourceConfig] = Field(default_factory=list)
+    classes: list[str] | None = None  # default: every diagnosis present in the training split, taxonomy order
+    split_seed: int = 0
+
+    model: str = "resnet18"
+    input_size: int = Field(128, ge=32, le=1024)
+    stem: Literal["auto", "standard", "small"] = "standard"
+    cache_side: int | None = Field(None, ge=32)  # decode each image once, short side resized to this, kept in RAM
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
+    warmup_epochs: float = Field(2.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    imbalance: Literal["loss", "sampler", "none"] = "loss"
+    imbalance_power: float = Field(1.0, ge=0, le=1)
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    ema_decay: float | None = Field(0.998, gt=0, lt=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    grad_clip_norm: float | None = Field(None, gt=0)
+
+    target_sensitivity: float = Field(0.95, gt=0, le=1)
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+    device: str = "auto"
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in list_models():
+            raise ValueError(f"unknown model {value!r}; registered: {', '.join(list_models())}")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            unknown = [name for name in value if name not in DIAGNOSES]
+            if unknown:
+                raise ValueError(f"{unknown} are not canonical diagnoses; choose from {', '.join(DIAGNOSES)}")
+        return value
+
+    def source_root(self, source: SourceConfig, data_root: Path | None = None) -> Path:
+        root = Path(source.root)
+        return root if root.is_absolute() else Path(data_root or self.data_root) / root
+
+
+def load_config(path: Path | str, **overrides: object) -> TrainConfig:
+    """Read and validate a YAML config; ``overrides`` replace top-level fields (e.g. ``epochs=1``)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of fields, not {type(raw).__name__}")
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, issue['loc'])) or '(top level)'}: {issue['msg']}" for issue in error.errors()
+        )
+        raise ConfigError(f"config file {path}: {problems}") from None

@@ -1,0 +1,284 @@
+"""Evaluation of a bundle on a manifest: predictions, metrics with confidence intervals, files on disk.
+
+Two decisions shape every number here:
+
+* **Label space of the multiclass metrics.** A model trained on HAM10000 + DermNet has more classes
+  (e.g. ``scc``, ``other_benign``) than the ISIC 2018 test set's seven. The ISIC task asks for one of
+  its seven diagnoses, so accuracy, balanced accuracy, macro AUC, ECE and Brier are computed on the
+  probabilities restricted to the diagnoses the test source's label map can produce, renormalised to
+  sum to 1 (``label_space`` in ``metrics.json``). Where the source's map covers every model class
+  (DermNet), nothing changes.
+* **Referral metrics use the full model output**, exactly as the deployed system does: the malignancy
+  score (summed calibrated probability of every malignant class) against the threshold chosen on
+  validation.
+
+Rows whose diagnosis the model has no output for (for example Merkel cell carcinoma in a future test
+set) cannot be scored as a multiclass prediction; they are counted in ``n_excluded``, left out of
+the multiclass metrics, and kept in the referral metrics, whose truth is the row's triage group.
+Rows with ``score_weight`` 0 (ISIC_0035068 in the ISIC 2018 test set) are predicted but not scored,
+as in the official scorer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skintriage import DISCLAIMER, metrics
+from skintriage.calibration import probabilities_at_temperature
+from skintriage.checkpoint import Bundle
+from skintriage.data.records import Manifest
+from skintriage.data.sources import get_source
+from skintriage.inference import bundle_dataset, loader_for, predict_logits
+from skintriage.taxonomy import is_malignant, label_map
+
+BOOTSTRAP_RESAMPLES = 1000
+UNKNOWN = -1  # label of a row whose diagnosis the model has no output for
+REPORTED_SPECIFICITY = 0.70  # the issue's referral target: sensitivity >= 0.95 at specificity >= 0.70
+
+
+@dataclass
+class EvaluationResult:
+    name: str
+    class_names: list[str]
+    frame: pd.DataFrame  # manifest rows that were scored, in prediction order
+    logits: np.ndarray
+    labels: np.ndarray  # index into class_names
+    probabilities: np.ndarray  # calibrated, full model output
+    label_space: list[int]  # columns the multiclass metrics use
+    referral_threshold: float | None
+    n_excluded: int
+    metrics: dict
+
+    def space_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels as indices into the label space, restricted probabilities, weights): what the multiclass
+        metrics and plots see. Rows outside the label space (or with ``score_weight`` 0) get weight 0."""
+        position = {column: i for i, column in enumerate(self.label_space)}
+        weights = self.frame["score_weight"].astype(float).to_numpy()
+        weights = np.where(np.isin(self.labels, self.label_space), weights, 0.0)
+        labels = np.array([position.get(int(c), 0) for c in self.labels], dtype=int)
+        return labels, restricted(self.probabilities, self.label_space), weights
+
+    def referral_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(malignancy score, malignant truth from the triage group, weights) over every row, as deployed."""
+        score = metrics.malignancy_score(self.probabilities, self.class_names)
+        malignant = self.frame["triage_group"].map(is_malignant).to_numpy(dtype=bool)
+        return score, malignant, self.frame["score_weight"].astype(float).to_numpy()
+
+    @property
+    def label_space_names(self) -> list[str]:
+        return [self.class_names[c] for c in self.label_space]
+
+    def headline(self) -> dict:
+        keys = ("n_images", "accuracy", "balanced_accuracy", "macro_auc", "ece", "referral", "ci95")
+        return {key: self.metrics[key] for key in keys if key in self.metrics}
+
+
+def source_label_space(frame: pd.DataFrame, class_names: list[str]) -> list[int]:
+    """Model columns a source can be labelled with: the union of its sources' label maps' diagnoses."""
+    codes: set[str] = set()
+    for source_name in frame["source"].unique():
+        try:
+            codes |= set(label_map(get_source(source_name).label_map).labels.values())
+        except KeyError:  # a source this code does not know: use every class
+            return list(range(len(class_names)))
+    space = [i for i, name in enumerate(class_names) if name in codes]
+    return space or list(range(len(class_names)))
+
+
+def restricted(probabilities: np.ndarray, columns: list[int]) -> np.ndarray:
+    p = probabilities[:, columns]
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def multiclass_block(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray) -> dict:
+    present = sorted({int(c) for c in labels[weights > 0]})
+    block = {
+        "n_images": int((weights > 0).sum()),
+        "accuracy": metrics.accuracy(labels, probabilities, weights),
+        "balanced_accuracy": metrics.balanced_accuracy(labels, probabilities, weights, classes=present),
+        "ece": metrics.expected_calibration_error(labels, probabilities, weights),
+        "brier": metrics.brier_score(labels, probabilities, weights),
+    }
+    if len(present) > 1:
+        block["macro_auc"] = metrics.macro_auc(labels, probabilities, weights, classes=present)
+    return block
+
+
+def referral_block(score: np.ndarray, malignant: np.ndarray, weights: np.ndarray, threshold: float | None) -> dict:
+    keep = weights > 0
+    score, malignant, weights = score[keep], malignant[keep], weights[keep]
+    block: dict = {"n_malignant": int(malignant.sum()), "n_benign": int((~malignant).sum())}
+    if threshold is not None:
+        sensitivity, specificity = metrics.sensitivity_specificity_at_threshold(score, malignant, threshold, weights)
+        block.update(threshold=threshold, sensitivity=sensitivity, specificity=specificity)
+        block["referred_fraction"] = float(np.sum(weights * (score >= threshold)) / weights.sum())
+    if malignant.any() and (~malignant).any():
+        block["auc"] = metrics.referral_roc_auc(score, malignant, weights)
+        block[f"sensitivity_at_specificity_{REPORTED_SPECIFICITY:.2f}"] = metrics.sensitivity_at_specificity(
+            score, malignant, REPORTED_SPECIFICITY, weights
+        )
+        block["specificity_at_sensitivity_0.95"] = metrics.specificity_at_sensitivity(score, malignant, 0.95, weights)
+    return block
+
+
+def confidence_intervals(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    score: np.ndarray,
+    malignant: np.ndarray,
+    space_weights: np.ndarray,
+    weights: np.ndarray,
+    threshold: float | None,
+) -> dict:
+    """95% stratified bootstrap intervals (1,000 resamples, seed 0) for the headline numbers.
+
+    Multiclass intervals resample the label-space rows (stratified by class), referral intervals all
+    scored rows (stratified by malignant / benign), matching the rows of the point estimates.
+    """
+    keep = space_weights > 0
+    y, p = labels[keep], probabilities[keep]
+    present = sorted(set(y.tolist()))
+
+    def interval(metric_fn, truth, columns) -> list[float]:
+        ci = metrics.bootstrap_ci(metric_fn, truth, columns, n_resamples=BOOTSTRAP_RESAMPLES)
+        return [ci.low, ci.high]
+
+    ci = {
+        "accuracy": interval(metrics.accuracy, y, p),
+        "balanced_accuracy": interval(lambda a, b: metrics.balanced_accuracy(a, b, classes=present), y, p),
+        "ece": interval(metrics.expected_calibration_error, y, p),
+    }
+    if len(present) > 1:
+        ci["macro_auc"] = interval(lambda a, b: metrics.macro_auc(a, b, classes=present), y, p)
+    referral_rows = weights > 0
+    m = malignant[referral_rows].astype(int)
+    if 0 < m.sum() < len(m):
+        s = score[referral_rows]
+        two_column = np.column_stack([1 - s, s])  # bootstrap_ci takes (truth, probability rows)
+        ci["referral_auc"] = interval(lambda a, b: metrics.referral_roc_auc(b[:, 1], a == 1), m, two_column)
+        if threshold is not None:
+            for index, key in ((0, "referral_sensitivity"), (1, "referral_specificity")):
+                ci[key] = interval(
+                    lambda a, b, i=index: metrics.sensitivity_specificity_at_threshold(b[:, 1], a == 1, threshold)[i],
+                    m,
+                    two_column,
+                )
+    return ci
+
+
+def evaluate_bundle(
+    bundle: Bundle,
+    manifest: Manifest,
+    *,
+    name: str,
+    progress: bool = True,
+    calibrated: bool = True,
+    bootstrap: bool = True,
+) -> EvaluationResult:
+    """Predict every image of ``manifest`` with ``bundle`` and compute the metrics (see the module docstring)."""
+    classes = bundle.classes
+    if len(manifest) == 0:
+        raise ValueError(f"{name}: the manifest has no images to evaluate")
+    dataset = bundle_dataset(bundle, manifest, unknown_label=UNKNOWN)
+    logits, labels, rows = predict_logits(
+        bundle.model,
+        loader_for(dataset),
+        device=next(bundle.model.parameters()).device,
+        progress=progress,
+        description=f"evaluating {name}",
+    )
+    frame = manifest.frame.iloc[rows].reset_index(drop=True)
+    result = EvaluationResult(
+        name=name,
+        class_names=classes,
+        frame=frame,
+        logits=logits,
+        labels=labels,
+        probabilities=probabilities_at_temperature(logits, bundle.temperature if calibrated else 1.0),
+        label_space=source_label_space(frame, classes),
+        referral_threshold=bundle.metadata.get("calibration", {}).get("referral_threshold") if calibrated else None,
+        n_excluded=int((labels == UNKNOWN).sum()),
+        metrics={},
+    )
+    result.metrics = evaluation_metrics(
+        result, model=bundle.metadata.get("name", str(bundle.path)), calibrated=calibrated, bootstrap=bootstrap
+    )
+    return result
+
+
+def evaluation_metrics(result: EvaluationResult, *, model: str, calibrated: bool, bootstrap: bool = True) -> dict:
+    """The ``metrics.json`` content of an evaluation: headline, per-class, confusion, CIs, breakdowns."""
+    labels, probabilities, space_weights = result.space_view()
+    score, malignant, weights = result.referral_view()
+    threshold = result.referral_threshold
+    scored = space_weights > 0
+    out = {
+        "dataset": result.name,
+        "disclaimer": DISCLAIMER,
+        "model": model,
+        "calibrated": calibrated,
+        "n_excluded": result.n_excluded,
+        "label_space": result.label_space_names,
+        **multiclass_block(labels, probabilities, space_weights),
+        "referral": referral_block(score, malignant, weights, threshold),
+    }
+    per_class = metrics.per_class_metrics(labels[scored], probabilities[scored], class_names=result.label_space_names)
+    out["per_class"] = per_class.to_dict(orient="index")
+    matrix = metrics.confusion_matrix(labels[scored], probabilities[scored])
+    out["confusion_matrix"] = {"classes": result.label_space_names, "counts": np.asarray(matrix).round(6).tolist()}
+    if bootstrap:
+        out["ci95"] = confidence_intervals(labels, probabilities, score, malignant, space_weights, weights, threshold)
+    for column in ("acquisition", "source"):
+        groups = result.frame[column].fillna("unknown")
+        if groups.nunique() > 1:
+            out[f"by_{column}"] = {
+                str(group): {
+                    **multiclass_block(labels[mask], probabilities[mask], space_weights[mask]),
+                    "referral": referral_block(score[mask], malignant[mask], weights[mask], threshold),
+                }
+                for group in sorted(groups.unique())
+                for mask in [(groups == group).to_numpy()]
+                if space_weights[mask].sum() > 0
+            }
+    return json_safe(out)
+
+
+def json_safe(value: object) -> object:
+    """NaN and infinities become ``None`` (JSON ``null``) so that ``metrics.json`` is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def predictions_frame(result: EvaluationResult) -> pd.DataFrame:
+    columns = ["image_id", "source", "acquisition", "diagnosis", "triage_group", "score_weight"]
+    out = result.frame[columns].copy()
+    out["predicted"] = [result.class_names[i] for i in result.probabilities.argmax(axis=1)]
+    for i, name in enumerate(result.class_names):
+        out[f"p_{name}"] = result.probabilities[:, i].round(6)
+    out["malignancy_score"] = metrics.malignancy_score(result.probabilities, result.class_names).round(6)
+    if result.referral_threshold is not None:
+        out["referred"] = out["malignancy_score"] >= result.referral_threshold
+    return out
+
+
+def write_evaluation(result: EvaluationResult, out: Path) -> Path:
+    """``metrics.json``, ``predictions.csv`` and the report (``report.md`` with PNG plots) in ``out``."""
+    from skintriage.report import write_report  # plotting is imported only when files are written
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+    predictions_frame(result).to_csv(out / "predictions.csv", index=False)
+    write_report(result, out)
+    return out

@@ -1,0 +1,440 @@
+"""Training: ``skintriage train configs/<name>.yaml`` (see :mod:`skintriage.config` for the fields).
+
+Read top to bottom, a run is:
+
+1. **Data.** Each source in the config is loaded into a manifest and split with the project's
+   grouped split (patient, lesion, identical and near-identical images never straddle splits); the
+   sources are combined and the split written to ``splits.csv``.
+2. **Model and optimiser.** ``create_model`` with a head for the classes present in training;
+   AdamW (or SGD) without weight decay on norms and biases; per-step learning rate with a linear
+   warm-up and a cosine decay; an exponential moving average (EMA) of the weights.
+3. **Epochs.** Class imbalance is corrected by a weighted loss *or* a class-balanced sampler (never
+   both); optional mixup/cutmix; label smoothing. After each epoch the EMA weights are scored on the
+   validation split (balanced accuracy chooses the best epoch and drives early stopping), a row is
+   added to ``log.csv`` and the complete training state is saved to ``last.pt``.
+4. **Finish.** The best weights are rounded as the bundle stores them, calibrated on validation
+   (temperature, referral threshold) and written as a bundle (``bundle/``); then every test set is
+   evaluated and reported (``eval/<name>/``). Test sets choose nothing.
+
+**Resuming.** Rerunning the same command on the same ``--out`` folder continues after the last
+completed epoch. Every epoch reseeds the augmentation and the sampler from ``(seed, epoch)``, so a
+resumed run follows the same path as an uninterrupted one; work inside the interrupted epoch is lost.
+A different config in the same folder is refused rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from skintriage import metrics
+from skintriage.calibration import calibrate
+from skintriage.checkpoint import (
+    load_bundle,
+    load_training_state,
+    round_to_bundle,
+    save_bundle,
+    save_training_state,
+)
+from skintriage.config import ConfigError, SourceConfig, TrainConfig
+from skintriage.data.dataset import ManifestDataset
+from skintriage.data.presets import NORMALIZATION, ClassificationPresetEval, ClassificationPresetTrain
+from skintriage.data.records import Manifest
+from skintriage.data.sources import get_source
+from skintriage.data.splits import hash_images, split_manifest
+from skintriage.evaluate import evaluate_bundle, write_evaluation
+from skintriage.inference import predict_logits, resolve_device
+from skintriage.models import create_model
+from skintriage.taxonomy import DIAGNOSES
+
+STATE_FILE = "last.pt"
+BEST_FILE = "best.safetensors"
+LOG_FILE = "log.csv"
+SPLITS_FILE = "splits.csv"
+
+
+# --- 1. data ----------------------------------------------------------------------------------------
+
+
+def load_split_source(
+    config: TrainConfig, source_config: SourceConfig, *, data_root: Path | None, progress: bool
+) -> tuple[Manifest, dict]:
+    """One source, loaded and split as the config says; returns the manifest and the split policy."""
+    source = get_source(source_config.name)
+    manifest = source.load(config.source_root(source_config, data_root), progress=progress).with_images()
+    hashes = hash_images(manifest, progress=progress) if source_config.split == "project" else None
+    split, policy = split_manifest(
+        manifest, strategy=source_config.split, fractions=source.split_fractions, seed=config.split_seed, hashes=hashes
+    )
+    return split, {"source": source.name, "licence": source.licence, "citation": source.citation, **policy}
+
+
+def combine(manifests: list[Manifest]) -> Manifest:
+    root = Path(os.path.commonpath([str(Path(m.root).resolve()) for m in manifests]))
+    return Manifest.concat(manifests, root=root)
+
+
+def training_manifest(config: TrainConfig, *, data_root: Path | None = None, progress: bool = True):
+    loaded = [load_split_source(config, s, data_root=data_root, progress=progress) for s in config.sources]
+    return combine([m for m, _ in loaded]), [policy for _, policy in loaded]
+
+
+def class_names_for(config: TrainConfig, train_frame: pd.DataFrame) -> list[str]:
+    if config.classes is not None:
+        return list(config.classes)
+    present = set(train_frame["diagnosis"])
+    return [code for code in DIAGNOSES if code in present]
+
+
+def data_summary(manifest: Manifest, policies: list[dict]) -> dict:
+    frame = manifest.frame
+    counts = frame.groupby(["source", "split"]).size()
+    return {
+        "sources": policies,
+        "images": {f"{source}/{split}": int(n) for (source, split), n in counts.items()},
+        "diagnoses_train": {k: int(v) for k, v in frame[frame.split == "train"].diagnosis.value_counts().items()},
+        "acquisition": {k: int(v) for k, v in frame.acquisition.value_counts().items()},
+    }
+
+
+# --- 2. optimisation --------------------------------------------------------------------------------
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on convolution and linear weights only; decaying norms and biases only hurts."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up from ~0, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = config.min_lr_ratio * config.lr
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(config: TrainConfig, epoch: int) -> int:
+    return config.seed * 100_003 + epoch
+
+
+# --- 3. epochs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything one epoch needs; built once by :func:`train`."""
+
+    config: TrainConfig
+    model: nn.Module
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    train_set: ManifestDataset
+    val_loader: DataLoader
+    loss_weight: torch.Tensor | None
+    mix: v2.Transform | None
+    device: torch.device
+    progress: bool
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def train_loader(run: Run, epoch: int) -> DataLoader:
+    config = run.config
+    generator = torch.Generator().manual_seed(epoch_seed(config, epoch))
+    run.train_set.transform.reseed(epoch_seed(config, epoch))
+    if config.imbalance == "sampler":
+        weights = run.train_set.sample_weights(config.imbalance_power)
+        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+    else:
+        sampler = RandomSampler(run.train_set, generator=generator)
+    return DataLoader(
+        run.train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        drop_last=True,
+        generator=generator,
+        pin_memory=run.device.type == "cuda",
+    )
+
+
+def train_one_epoch(run: Run, epoch: int, step: int) -> tuple[dict, int]:
+    config, model, device = run.config, run.model, run.device
+    loader = train_loader(run, epoch)
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not run.progress)
+    for images, labels, _ in bar:
+        lr = learning_rate(config, step, len(loader))
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if run.mix is not None:
+            images, targets = run.mix(images, labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), targets, weight=run.loss_weight, label_smoothing=config.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower lr")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+        run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update_parameters(model)
+        step += 1
+        total_loss += loss.item() * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
+    return {"train_loss": total_loss / seen, "train_accuracy": correct / seen, "lr": lr}, step
+
+
+def validation_metrics(run: Run) -> dict:
+    logits, labels, _ = predict_logits(run.eval_model, run.val_loader, device=run.device)
+    probabilities = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    present = sorted(set(labels.tolist()))
+    names = run.train_set.class_names
+    score = metrics.malignancy_score(probabilities, names)
+    is_malignant = metrics.malignancy_score(np.eye(len(names))[labels], names) > 0.5
+    return {
+        "val_loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()),
+        "val_balanced_accuracy": metrics.balanced_accuracy(labels, probabilities, classes=present),
+        "val_accuracy": metrics.accuracy(labels, probabilities),
+        "val_macro_auc": metrics.macro_auc(labels, probabilities, classes=present),
+        "val_referral_auc": metrics.referral_roc_auc(score, is_malignant),
+        "val_ece": metrics.expected_calibration_error(labels, probabilities),
+    }
+
+
+def write_log(path: Path, history: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+# --- 4. finish --------------------------------------------------------------------------------------
+
+
+def finish(
+    config: TrainConfig,
+    out: Path,
+    manifest: Manifest,
+    class_names: list[str],
+    summary: dict,
+    *,
+    data_root: Path | None,
+    progress: bool,
+) -> Path:
+    """Round, calibrate and bundle the best weights; evaluate every test set. Returns the bundle folder."""
+    model = create_model(config.model, num_classes=len(class_names), input_size=config.input_size, stem=config.stem)
+    model.load_state_dict(load_file(str(out / BEST_FILE)))
+    round_to_bundle(model, half=True)
+    preprocessing = {
+        "input_size": config.input_size,
+        "crop_fraction": 1.0,
+        "resize": "short side to input_size (bicubic for cached training images, area for evaluation), centre crop",
+        "normalization": NORMALIZATION,
+        "mask_watermark_sources": [s.name for s in config.sources + config.test_sources if s.mask_watermark],
+    }
+    history = list(csv.DictReader((out / LOG_FILE).open(encoding="utf-8")))
+    best = max(history, key=lambda row: float(row["val_balanced_accuracy"]))
+    metadata = {
+        "name": config.name,
+        "classes": class_names,
+        "preprocessing": preprocessing,
+        "training": {"config": config.model_dump(), "data": summary, "best_epoch": int(best["epoch"])},
+        "calibration": {"temperature": 1.0},
+    }
+    bundle_dir = out / "bundle"
+    save_bundle(bundle_dir, model, metadata, half=True)
+    bundle = load_bundle(bundle_dir)
+
+    val = Manifest(manifest.frame[manifest.frame.split == "val"].reset_index(drop=True), manifest.root)
+    val_result = evaluate_bundle(bundle, val, name="validation", progress=progress, calibrated=False)
+    calibration = calibrate(
+        val_result.logits, val_result.labels, class_names, target_sensitivity=config.target_sensitivity
+    )
+    metadata["calibration"] = calibration.to_dict()
+    save_bundle(bundle_dir, model, metadata, half=True)
+    bundle = load_bundle(bundle_dir)
+
+    results = {"validation": evaluate_bundle(bundle, val, name="validation", progress=progress)}
+    test = manifest.frame[manifest.frame.split == "test"]
+    if len(test):
+        results["internal_test"] = evaluate_bundle(
+            bundle, Manifest(test.reset_index(drop=True), manifest.root), name="internal_test", progress=progress
+        )
+    for source_config in config.test_sources:
+        source = get_source(source_config.name)
+        test_manifest = source.load(config.source_root(source_config, data_root), progress=progress).with_images()
+        results[source.name] = evaluate_bundle(bundle, test_manifest, name=source.name, progress=progress)
+    for name, result in results.items():
+        write_evaluation(result, out / "eval" / name)
+    metadata["metrics"] = {name: result.headline() for name, result in results.items()}
+    save_bundle(bundle_dir, model, metadata, half=True)
+    return bundle_dir
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, progress: bool = True) -> Path:
+    """Train (or resume) the run in ``out``; returns the calibrated bundle folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    state = load_training_state(state_path) if state_path.exists() else None
+    if state is not None and state["config"] != config.model_dump():
+        raise ConfigError(
+            f"{out} holds a run with a different config ({out / 'config.json'}); use another --out folder "
+            "or delete it to start afresh"
+        )
+    (out / "config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n", encoding="utf-8")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+
+    manifest, policies = training_manifest(config, data_root=data_root, progress=progress)
+    manifest.frame[["image_id", "source", "diagnosis", "triage_group", "acquisition", "split"]].to_csv(
+        out / SPLITS_FILE, index=False
+    )
+    frame = manifest.frame
+    class_names = class_names_for(config, frame[frame.split == "train"])
+    summary = data_summary(manifest, policies)
+    masked = [s.name for s in config.sources if s.mask_watermark]
+
+    def subset(split: str) -> Manifest:
+        rows = frame[(frame.split == split) & frame.diagnosis.isin(class_names)]
+        return Manifest(rows.reset_index(drop=True), manifest.root)
+
+    train_set = ManifestDataset(
+        subset("train"),
+        transform=ClassificationPresetTrain(input_size=config.input_size, seed=config.seed),
+        class_names=class_names,
+        mask_watermark_sources=masked,
+        cache_side=config.cache_side,
+    )
+    val_set = ManifestDataset(
+        subset("val"),
+        transform=ClassificationPresetEval(input_size=config.input_size),
+        class_names=class_names,
+        mask_watermark_sources=masked,
+        cache_side=config.cache_side,
+    )
+    model = create_model(config.model, num_classes=len(class_names), input_size=config.input_size, stem=config.stem)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    ema = None
+    if config.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    mixes = [m for alpha, m in ((config.mixup_alpha, v2.MixUp), (config.cutmix_alpha, v2.CutMix)) if alpha > 0]
+    mix = None
+    if mixes:
+        alphas = [a for a in (config.mixup_alpha, config.cutmix_alpha) if a > 0]
+        mix = v2.RandomChoice([m(alpha=a, num_classes=len(class_names)) for m, a in zip(mixes, alphas, strict=True)])
+    run = Run(
+        config=config,
+        model=model,
+        ema=ema,
+        optimizer=make_optimizer(config, model),
+        train_set=train_set,
+        val_loader=DataLoader(val_set, batch_size=config.batch_size * 2, num_workers=config.num_workers),
+        loss_weight=train_set.class_weights(config.imbalance_power).to(device) if config.imbalance == "loss" else None,
+        mix=mix,
+        device=device,
+        progress=progress,
+    )
+
+    start_epoch, step, history, best_score, stale = 0, 0, [], -1.0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        best_score, stale = state["best_score"], state["stale_epochs"]
+        print(
+            f"resuming {out} after epoch {start_epoch} of {config.epochs} (best val balanced accuracy {best_score:.4f})"
+        )
+
+    print(
+        f"training {config.model} on {len(train_set)} images ({', '.join(class_names)}), validating on "
+        f"{len(val_set)}; {device}, {torch.get_num_threads()} threads"
+    )
+    for epoch in range(start_epoch, config.epochs):
+        if config.early_stopping_patience is not None and stale >= config.early_stopping_patience:
+            break
+        started = time.perf_counter()
+        row, step = train_one_epoch(run, epoch, step)
+        row = {"epoch": epoch + 1, **row, **validation_metrics(run), "seconds": time.perf_counter() - started}
+        history.append(row)
+        write_log(out / LOG_FILE, history)
+        if row["val_balanced_accuracy"] > best_score:
+            best_score, stale = row["val_balanced_accuracy"], 0
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in run.eval_model.state_dict().items()}, str(out / BEST_FILE)
+            )
+        else:
+            stale += 1
+        save_training_state(
+            state_path,
+            {
+                "config": config.model_dump(),
+                "epoch": epoch + 1,
+                "step": step,
+                "history": history,
+                "best_score": best_score,
+                "stale_epochs": stale,
+                "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else {},
+                "optimizer": run.optimizer.state_dict(),
+            },
+        )
+        print(
+            f"epoch {epoch + 1:3d}  loss {row['train_loss']:.3f}  val bal. acc {row['val_balanced_accuracy']:.4f}  "
+            f"macro AUC {row['val_macro_auc']:.4f}  referral AUC {row['val_referral_auc']:.4f}  "
+            f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""),
+            flush=True,
+        )
+    return finish(config, out, manifest, class_names, summary, data_root=data_root, progress=progress)
