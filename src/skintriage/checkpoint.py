@@ -117,22 +117,24 @@ def save_bundle(directory: Path, model: nn.Module, metadata: dict[str, Any], *, 
     config = getattr(model, "skintriage_config", None)
     if config is None:
         raise ValueError("the model was not built by skintriage.models.create_model (no skintriage_config)")
+    if len(metadata.get("classes", ())) != config.num_classes:
+        raise ValueError(
+            f"{len(metadata.get('classes', ()))} class names for a model with {config.num_classes} outputs"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     tmp = weights.with_suffix(".tmp")
     save_file(bundle_state_dict(model, half=half), str(tmp), metadata={"format": "pt"})
     os.replace(tmp, weights)
     full = {
+        **metadata,  # first: the fields below describe the file and may not be overridden
         "format_version": BUNDLE_FORMAT,
         "architecture": {"name": config.name, "num_classes": config.num_classes, "stem": config.stem},
         "taxonomy_version": TAXONOMY_VERSION,
         "code_version": code_version(),
         "weights_dtype": "float16" if half else "float32",
-        **metadata,
         "weights_sha256": sha256_of(weights),
     }
-    if len(full["classes"]) != config.num_classes:
-        raise ValueError(f"{len(full['classes'])} class names for a model with {config.num_classes} outputs")
     (directory / METADATA_FILE).write_text(json.dumps(full, indent=2, default=_json_default) + "\n", encoding="utf-8")
     return directory
 
@@ -162,6 +164,14 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     missing = [name for name in REQUIRED_FIELDS if name not in metadata]
     if missing:
         raise BundleError(f"{path} lacks the field(s) {', '.join(missing)}")
+    shapes = {"classes": list, "architecture": dict, "preprocessing": dict}
+    wrong = [
+        f"{key} must be a JSON {kind.__name__}" for key, kind in shapes.items() if not isinstance(metadata[key], kind)
+    ]
+    if not wrong and "input_size" not in metadata["preprocessing"]:
+        wrong.append("preprocessing lacks input_size")
+    if wrong:
+        raise BundleError(f"{path}: {'; '.join(wrong)}")
     if metadata["format_version"] != BUNDLE_FORMAT:
         raise BundleError(
             f"{path} has bundle format {metadata['format_version']!r}; this version of skintriage reads format "

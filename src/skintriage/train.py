@@ -181,6 +181,7 @@ def train_loader(run: Run, epoch: int) -> DataLoader:
     config = run.config
     generator = torch.Generator().manual_seed(epoch_seed(config, epoch))
     run.train_set.transform.reseed(epoch_seed(config, epoch))
+    torch.manual_seed(epoch_seed(config, epoch))  # mixup/cutmix draw from the global generator
     if config.imbalance == "sampler":
         weights = run.train_set.sample_weights(config.imbalance_power)
         sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
