@@ -197,13 +197,17 @@ def train_command(
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<config name>).")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Overrides the config's data_root.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Overrides the config's epochs.")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a top-level field, e.g. --set imbalance=sampler (value read as YAML)."),
+    ] = None,
 ) -> None:
     """Train, calibrate and evaluate a model; rerun the same command to resume an interrupted run."""
-    from skintriage.config import load_config
+    from skintriage.config import load_config, parse_overrides
     from skintriage.train import train
 
     try:
-        config = load_config(config_path, epochs=epochs)
+        config = load_config(config_path, **{"epochs": epochs, **parse_overrides(overrides or [])})
         bundle = train(config, out=out or Path("runs") / config.name, data_root=data_root)
     except USER_ERRORS as error:
         _fail(error)
@@ -249,6 +253,60 @@ def evaluate_command(
     )
     console.print(f"wrote {out}/metrics.json, predictions.csv, report.md", highlight=False)
     console.print(DISCLAIMER, style="dim", highlight=False)
+
+
+@app.command("predict")
+def predict_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, TIFF, ...).")],
+    checkpoint: Checkpoint = DEFAULT_BUNDLE,
+    as_json: AsJson = False,
+) -> None:
+    """Calibrated class probabilities and the malignancy referral score for each image."""
+    from skintriage.checkpoint import load_bundle
+    from skintriage.data.images import ImageDecodeError, decode_image
+    from skintriage.inference import Predictor
+    from skintriage.metrics import malignancy_score
+
+    try:
+        bundle = load_bundle(checkpoint)
+    except USER_ERRORS as error:
+        _fail(error)
+    predictor = Predictor(bundle)
+    threshold = bundle.metadata.get("calibration", {}).get("referral_threshold")
+    results, failed = [], 0
+    for path in images:
+        try:
+            probabilities = predictor.probabilities(decode_image(path, name=str(path)))
+        except (ImageDecodeError, OSError) as error:
+            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            failed += 1
+            continue
+        score = float(malignancy_score(probabilities[None], bundle.classes)[0])
+        results.append(
+            {
+                "image": str(path),
+                "probabilities": dict(zip(bundle.classes, map(float, probabilities), strict=True)),
+                "malignancy_score": score,
+                "referral_threshold": threshold,
+                "refer": None if threshold is None else score >= threshold,
+            }
+        )
+    if as_json:
+        print(
+            json.dumps({"disclaimer": DISCLAIMER, "model": bundle.metadata.get("name"), "results": results}, indent=2)
+        )
+    else:
+        for result in results:
+            top = sorted(result["probabilities"].items(), key=lambda item: -item[1])[:3]
+            decision = {True: "REFER", False: "no referral", None: "no threshold"}[result["refer"]]
+            console.print(
+                f"{result['image']}: malignancy score {result['malignancy_score']:.3f} -> {decision}; "
+                + ", ".join(f"{name} {p:.3f}" for name, p in top),
+                highlight=False,
+            )
+        console.print(DISCLAIMER, style="dim", highlight=False)
+    if failed:
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,14 @@ def load_config(path: Path | str, **overrides: object) -> TrainConfig:
             f"{'.'.join(map(str, issue['loc'])) or '(top level)'}: {issue['msg']}" for issue in error.errors()
         )
         raise ConfigError(f"config file {path}: {problems}") from None
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, object]:
+    """``["imbalance=sampler", "epochs=10"]`` -> ``{"imbalance": "sampler", "epochs": 10}`` (values parsed as YAML)."""
+    overrides: dict[str, object] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {assignment!r} must look like field=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
