@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from skintriage import metrics
+from skintriage import calibration, metrics
 from skintriage.calibration import (
     Calibration,
     calibrate,
@@ -195,3 +195,19 @@ def test_calibrate_refuses_a_validation_set_without_malignant_lesions():
     labels = np.full(20, CLASSES.index("nv"))
     with pytest.raises(ValueError, match="no malignant rows"):
         calibrate(logits, labels, CLASSES)
+
+
+def test_effective_training_prior_follows_the_sampling_power() -> None:
+    # n = (100, 25): power 0.5 draws in proportion sqrt(n) = (10, 5); power 1 balances; power 0 keeps the counts.
+    np.testing.assert_allclose(calibration.effective_training_prior([100, 25], 0.5), [2 / 3, 1 / 3])
+    np.testing.assert_allclose(calibration.effective_training_prior([100, 25], 1.0), [0.5, 0.5])
+    np.testing.assert_allclose(calibration.effective_training_prior([100, 25], 0.0), [0.8, 0.2])
+    with pytest.raises(ValueError, match="training images"):
+        calibration.effective_training_prior([100, 0], 0.5)
+
+
+def test_class_balanced_probabilities_divide_by_the_prior_and_can_change_the_call() -> None:
+    # (0.6, 0.4) / (2/3, 1/3) = (0.9, 1.2) -> (0.9, 1.2) / 2.1: the rarer class wins.
+    balanced = calibration.class_balanced_probabilities(np.array([[0.6, 0.4], [0.9, 0.1]]), [2 / 3, 1 / 3])
+    np.testing.assert_allclose(balanced, [[0.9 / 2.1, 1.2 / 2.1], [1.35 / 1.65, 0.3 / 1.65]])
+    assert balanced.argmax(axis=1).tolist() == [1, 0]

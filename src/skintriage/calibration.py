@@ -10,6 +10,15 @@
   ``target_sensitivity`` (default 0.95) of the malignant *validation* lesions. The test sets are
   never used to choose either value.
 
+* **Class-balanced decisions.** Training corrects the imbalance only partly (a sampler or loss weights
+  with power 0.5), so the calibrated probabilities still favour common classes, as they should for a
+  case mix like training's. The ISIC headline metric, balanced accuracy, instead weighs every class
+  equally; the Bayes decision for it divides each probability by the class's share in training
+  (the effective prior ``n_c ** (1 - power)``) and takes the largest (post-hoc logit adjustment,
+  Menon et al. 2021). :func:`class_balanced_probabilities` does that; whether the bundle's class
+  call uses it is decided on validation balanced accuracy. Probabilities, AUCs, ECE and the
+  referral score are unaffected.
+
 The threshold is a validation estimate: on new data the achieved sensitivity varies around the target
 (report it with a confidence interval), and on lesions unlike any in training (Merkel cell carcinoma,
 cutaneous metastases) it is unknown.
@@ -45,6 +54,21 @@ def probabilities_at_temperature(logits: np.ndarray, temperature: float = 1.0) -
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, not {temperature}")
     return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+
+
+def effective_training_prior(class_counts: np.ndarray | Sequence[int], power: float) -> np.ndarray:
+    """Class shares the model saw in training when images of class c were drawn (or weighted) ``n_c ** -power``."""
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if (counts <= 0).any():
+        raise ValueError(f"every class needs training images to have a prior; counts were {counts.tolist()}")
+    prior = counts ** (1.0 - power)
+    return prior / prior.sum()
+
+
+def class_balanced_probabilities(probabilities: np.ndarray, prior: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Posteriors as if every class were equally common: ``p_c / prior_c``, renormalised per row."""
+    adjusted = np.asarray(probabilities, dtype=np.float64) / np.asarray(prior, dtype=np.float64)
+    return adjusted / adjusted.sum(axis=1, keepdims=True)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from skintriage import DISCLAIMER, metrics
-from skintriage.calibration import probabilities_at_temperature
+from skintriage.calibration import class_balanced_probabilities, probabilities_at_temperature
 from skintriage.checkpoint import Bundle
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
@@ -53,6 +53,7 @@ class EvaluationResult:
     referral_threshold: float | None
     n_excluded: int
     metrics: dict
+    decision_prior: np.ndarray | None = None  # class call = argmax of p / prior (class-balanced); None: argmax of p
 
     def space_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(labels as indices into the label space, restricted probabilities, weights): what the multiclass
@@ -62,6 +63,12 @@ class EvaluationResult:
         weights = np.where(np.isin(self.labels, self.label_space), weights, 0.0)
         labels = np.array([position.get(int(c), 0) for c in self.labels], dtype=int)
         return labels, restricted(self.probabilities, self.label_space), weights
+
+    def decision_view(self) -> np.ndarray:
+        """Label-space probabilities whose arg-max is the model's class call (see ``calibration``)."""
+        if self.decision_prior is None:
+            return restricted(self.probabilities, self.label_space)
+        return restricted(class_balanced_probabilities(self.probabilities, self.decision_prior), self.label_space)
 
     def referral_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(malignancy score, malignant truth from the triage group, weights) over every row, as deployed."""
@@ -95,12 +102,17 @@ def restricted(probabilities: np.ndarray, columns: list[int]) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def multiclass_block(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray) -> dict:
+def multiclass_block(
+    labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray, decisions: np.ndarray | None = None
+) -> dict:
+    """Accuracy and balanced accuracy score the class call (arg-max of ``decisions``, default the
+    probabilities); macro AUC, ECE and Brier score the probabilities themselves."""
+    decisions = probabilities if decisions is None else decisions
     present = sorted({int(c) for c in labels[weights > 0]})
     block = {
         "n_images": int((weights > 0).sum()),
-        "accuracy": metrics.accuracy(labels, probabilities, weights),
-        "balanced_accuracy": metrics.balanced_accuracy(labels, probabilities, weights, classes=present),
+        "accuracy": metrics.accuracy(labels, decisions, weights),
+        "balanced_accuracy": metrics.balanced_accuracy(labels, decisions, weights, classes=present),
         "ece": metrics.expected_calibration_error(labels, probabilities, weights),
         "brier": metrics.brier_score(labels, probabilities, weights),
     }
@@ -129,6 +141,7 @@ def referral_block(score: np.ndarray, malignant: np.ndarray, weights: np.ndarray
 def confidence_intervals(
     labels: np.ndarray,
     probabilities: np.ndarray,
+    decisions: np.ndarray,
     score: np.ndarray,
     malignant: np.ndarray,
     space_weights: np.ndarray,
@@ -141,7 +154,7 @@ def confidence_intervals(
     scored rows (stratified by malignant / benign), matching the rows of the point estimates.
     """
     keep = space_weights > 0
-    y, p = labels[keep], probabilities[keep]
+    y, p, d = labels[keep], probabilities[keep], decisions[keep]
     present = sorted(set(y.tolist()))
 
     def interval(metric_fn, truth, columns) -> list[float]:
@@ -149,8 +162,8 @@ def confidence_intervals(
         return [ci.low, ci.high]
 
     ci = {
-        "accuracy": interval(metrics.accuracy, y, p),
-        "balanced_accuracy": interval(lambda a, b: metrics.balanced_accuracy(a, b, classes=present), y, p),
+        "accuracy": interval(metrics.accuracy, y, d),
+        "balanced_accuracy": interval(lambda a, b: metrics.balanced_accuracy(a, b, classes=present), y, d),
         "ece": interval(metrics.expected_calibration_error, y, p),
     }
     if len(present) > 1:
@@ -169,6 +182,11 @@ def confidence_intervals(
                     two_column,
                 )
     return ci
+
+
+def decision_prior(bundle: Bundle) -> np.ndarray | None:
+    decision = bundle.metadata.get("decision", {})
+    return np.asarray(decision["training_prior"]) if decision.get("rule") == "class_balanced" else None
 
 
 def evaluate_bundle(
@@ -204,6 +222,7 @@ def evaluate_bundle(
         referral_threshold=bundle.metadata.get("calibration", {}).get("referral_threshold") if calibrated else None,
         n_excluded=int((labels == UNKNOWN).sum()),
         metrics={},
+        decision_prior=decision_prior(bundle),
     )
     result.metrics = evaluation_metrics(
         result, model=bundle.metadata.get("name", str(bundle.path)), calibrated=calibrated, bootstrap=bootstrap
@@ -214,6 +233,7 @@ def evaluate_bundle(
 def evaluation_metrics(result: EvaluationResult, *, model: str, calibrated: bool, bootstrap: bool = True) -> dict:
     """The ``metrics.json`` content of an evaluation: headline, per-class, confusion, CIs, breakdowns."""
     labels, probabilities, space_weights = result.space_view()
+    decisions = result.decision_view()
     score, malignant, weights = result.referral_view()
     threshold = result.referral_threshold
     scored = space_weights > 0
@@ -224,21 +244,29 @@ def evaluation_metrics(result: EvaluationResult, *, model: str, calibrated: bool
         "calibrated": calibrated,
         "n_excluded": result.n_excluded,
         "label_space": result.label_space_names,
-        **multiclass_block(labels, probabilities, space_weights),
+        "class_call": "arg-max of class-balanced probabilities" if result.decision_prior is not None else "arg-max",
+        **multiclass_block(labels, probabilities, space_weights, decisions),
         "referral": referral_block(score, malignant, weights, threshold),
     }
-    per_class = metrics.per_class_metrics(labels[scored], probabilities[scored], class_names=result.label_space_names)
+    names = result.label_space_names
+    per_class = metrics.per_class_metrics(labels[scored], decisions[scored], class_names=names)
+    threshold_free = ["auc", "auc_sens_80", "ap"]  # of the probabilities, not of the class call
+    per_class[threshold_free] = metrics.per_class_metrics(labels[scored], probabilities[scored], class_names=names)[
+        threshold_free
+    ]
     out["per_class"] = per_class.to_dict(orient="index")
-    matrix = metrics.confusion_matrix(labels[scored], probabilities[scored])
+    matrix = metrics.confusion_matrix(labels[scored], decisions[scored])
     out["confusion_matrix"] = {"classes": result.label_space_names, "counts": np.asarray(matrix).round(6).tolist()}
     if bootstrap:
-        out["ci95"] = confidence_intervals(labels, probabilities, score, malignant, space_weights, weights, threshold)
+        out["ci95"] = confidence_intervals(
+            labels, probabilities, decisions, score, malignant, space_weights, weights, threshold
+        )
     for column in ("acquisition", "source"):
         groups = result.frame[column].fillna("unknown")
         if groups.nunique() > 1:
             out[f"by_{column}"] = {
                 str(group): {
-                    **multiclass_block(labels[mask], probabilities[mask], space_weights[mask]),
+                    **multiclass_block(labels[mask], probabilities[mask], space_weights[mask], decisions[mask]),
                     "referral": referral_block(score[mask], malignant[mask], weights[mask], threshold),
                 }
                 for group in sorted(groups.unique())

@@ -259,10 +259,11 @@ def row_normalised(matrix: np.ndarray) -> np.ndarray:
 
 
 def plot_confusion(*, result: EvaluationResult, path: Path) -> Path:
-    """Confusion matrix coloured by row share, so rare classes are as readable as naevi; counts are printed."""
-    labels, probabilities, weights = result.space_view()
+    """Confusion matrix of the class call, coloured by row share so rare classes read as well as naevi."""
+    labels, _, weights = result.space_view()
+    decisions = result.decision_view()
     keep = weights > 0
-    matrix = metrics.confusion_matrix(labels[keep], probabilities[keep], weights[keep])
+    matrix = metrics.confusion_matrix(labels[keep], decisions[keep], weights[keep])
     shares = row_normalised(matrix)
     names = result.label_space_names
     size = max(4.5, 0.6 * len(names) + 2)

@@ -45,7 +45,12 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from skintriage import metrics
-from skintriage.calibration import calibrate
+from skintriage.calibration import (
+    calibrate,
+    class_balanced_probabilities,
+    effective_training_prior,
+    probabilities_at_temperature,
+)
 from skintriage.checkpoint import (
     load_bundle,
     load_training_state,
@@ -62,6 +67,7 @@ from skintriage.data.splits import hash_images, split_manifest
 from skintriage.evaluate import evaluate_bundle, write_evaluation
 from skintriage.inference import predict_logits, resolve_device
 from skintriage.models import create_model
+from skintriage.report import write_model_card
 from skintriage.taxonomy import DIAGNOSES
 
 STATE_FILE = "last.pt"
@@ -260,6 +266,30 @@ def write_log(path: Path, history: list[dict]) -> None:
 # --- 4. finish --------------------------------------------------------------------------------------
 
 
+def choose_class_call(
+    config: TrainConfig, manifest: Manifest, class_names: list[str], val_result, temperature: float
+) -> dict:
+    """Plain or class-balanced arg-max (see ``calibration``), whichever has the higher validation balanced accuracy."""
+    train_frame = manifest.frame[manifest.frame.split == "train"]
+    counts = train_frame["diagnosis"].value_counts().reindex(class_names, fill_value=0).to_numpy()
+    power = config.imbalance_power if config.imbalance != "none" else 0.0
+    prior = effective_training_prior(counts, power)
+    probabilities = probabilities_at_temperature(val_result.logits, temperature)
+    labels = val_result.labels
+    present = sorted(set(labels.tolist()))
+    scores = {
+        "argmax": metrics.balanced_accuracy(labels, probabilities, classes=present),
+        "class_balanced": metrics.balanced_accuracy(
+            labels, class_balanced_probabilities(probabilities, prior), classes=present
+        ),
+    }
+    return {
+        "rule": max(scores, key=scores.get),
+        "training_prior": prior.tolist(),
+        "validation_balanced_accuracy": scores,
+    }
+
+
 def finish(
     config: TrainConfig,
     out: Path,
@@ -294,12 +324,16 @@ def finish(
     save_bundle(bundle_dir, model, metadata, half=True)
     bundle = load_bundle(bundle_dir)
 
-    val = Manifest(manifest.frame[manifest.frame.split == "val"].reset_index(drop=True), manifest.root)
+    frame = manifest.frame
+    val = Manifest(
+        frame[(frame.split == "val") & frame.diagnosis.isin(class_names)].reset_index(drop=True), manifest.root
+    )
     val_result = evaluate_bundle(bundle, val, name="validation", progress=progress, calibrated=False)
     calibration = calibrate(
         val_result.logits, val_result.labels, class_names, target_sensitivity=config.target_sensitivity
     )
     metadata["calibration"] = calibration.to_dict()
+    metadata["decision"] = choose_class_call(config, manifest, class_names, val_result, calibration.temperature)
     save_bundle(bundle_dir, model, metadata, half=True)
     bundle = load_bundle(bundle_dir)
 
@@ -317,6 +351,7 @@ def finish(
         write_evaluation(result, out / "eval" / name)
     metadata["metrics"] = {name: result.headline() for name, result in results.items()}
     save_bundle(bundle_dir, model, metadata, half=True)
+    write_model_card(bundle_dir)
     return bundle_dir
 
 
