@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from skintriage.config import ConfigError, SourceConfig, TrainConfig, load_config
 
@@ -34,7 +35,13 @@ def test_benchmark_config_loads_and_validates():
     ]
     assert [(s.name, s.split) for s in config.test_sources] == [("isic2018_test", "official")]
     assert (config.model, config.input_size, config.stem, config.cache_side) == ("resnet18", 128, "standard", 144)
-    assert (config.epochs, config.batch_size, config.optimizer, config.lr) == (30, 64, "adamw", 0.002)
+    raw = yaml.safe_load(BENCHMARK.read_text(encoding="utf-8"))
+    assert (config.epochs, config.batch_size, config.lr, config.imbalance) == (
+        raw["epochs"],
+        raw["batch_size"],
+        raw["lr"],
+        raw["imbalance"],
+    )
     assert config.early_stopping_patience is None
     assert config.target_sensitivity == 0.95
 

@@ -339,9 +339,10 @@ def finish(
 
     results = {"validation": evaluate_bundle(bundle, val, name="validation", progress=progress)}
     test = manifest.frame[manifest.frame.split == "test"]
-    if len(test):
-        results["internal_test"] = evaluate_bundle(
-            bundle, Manifest(test.reset_index(drop=True), manifest.root), name="internal_test", progress=progress
+    if len(test):  # the held-out split of the training sources, e.g. "dermnet_test"
+        name = "_".join(sorted(test["source"].unique())) + "_test"
+        results[name] = evaluate_bundle(
+            bundle, Manifest(test.reset_index(drop=True), manifest.root), name=name, progress=progress
         )
     for source_config in config.test_sources:
         source = get_source(source_config.name)
