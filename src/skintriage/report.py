@@ -386,7 +386,8 @@ def report_sections(result: EvaluationResult) -> list[str]:
         f"# Evaluation report: {m.get('dataset', result.name)}",
         f"> {m.get('disclaimer', DISCLAIMER)}",
         f"Model: `{m.get('model', 'unknown')}`. Probabilities {'calibrated (temperature scaling)' if m.get('calibrated', True) else 'uncalibrated'}. "
-        f"Label space: {', '.join(m.get('label_space', result.label_space_names))}.",
+        f"Label space: {', '.join(m.get('label_space', result.label_space_names))}. "
+        f"Class call: {m.get('class_call', 'arg-max')}.",
         "## Headline\n\n" + markdown_table(header=["metric", "value", "95% CI"], rows=headline_rows(m)),
         f"## Referral\n\n![Referral ROC]({REFERRAL_ROC_FILE})",
     ]
@@ -557,6 +558,13 @@ def card_calibration(meta: Mapping[str, Any]) -> str:
         ["target sensitivity on validation", fmt(c.get("target_sensitivity"))],
     ]
     rows += [[f"validation {key.replace('_', ' ')}", fmt(value)] for key, value in (c.get("validation") or {}).items()]
+    decision = meta.get("decision") or {}
+    if decision:
+        rows.append(["class call (chosen on validation balanced accuracy)", str(decision.get("rule", "argmax"))])
+        rows += [
+            [f"validation balanced accuracy, {rule} call", fmt(value)]
+            for rule, value in (decision.get("validation_balanced_accuracy") or {}).items()
+        ]
     return (
         "## Calibration\n\nFitted on the validation split only: one temperature for all logits (minimising "
         "validation NLL), then the largest referral threshold that still refers the target share of malignant "
