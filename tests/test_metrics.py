@@ -408,3 +408,16 @@ def test_agrees_with_the_official_isic_scorer():
         np.testing.assert_allclose(table[column], score.per_category.loc[ISIC2018_CLASSES, column], atol=1e-6)
     assert m.macro_auc(y, p, w) == pytest.approx(score.macro_average["auc"], abs=1e-6)
     assert 0.4 < ours < 0.9  # a realistic, imperfect model
+
+
+def test_malignant_columns_follow_the_taxonomy() -> None:
+    assert m.malignant_columns(["mel", "nv", "akiec", "bkl", "mcc"]).tolist() == [True, False, True, False, True]
+    with pytest.raises(ValueError, match="unknown diagnosis codes"):
+        m.malignant_columns(["mel", "mole"])
+
+
+def test_confidence_bins_are_right_closed_and_equal_width() -> None:
+    # 3 bins: (0, 1/3], (1/3, 2/3], (2/3, 1]; a confidence on an edge belongs to the bin below it.
+    bins, edges = m.confidence_bins(np.array([0.2, 1 / 3, 0.34, 2 / 3, 0.9, 1.0]), 3)
+    assert bins.tolist() == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_allclose(edges, [0, 1 / 3, 2 / 3, 1])

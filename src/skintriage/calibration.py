@@ -104,8 +104,7 @@ def calibrate(
     before = probabilities_at_temperature(logits, 1.0)
     after = probabilities_at_temperature(logits, temperature)
     score = metrics.malignancy_score(after, class_names)
-    malignant_classes = np.flatnonzero(metrics.malignancy_score(np.eye(len(class_names)), class_names) > 0.5)
-    is_malignant = np.isin(labels, malignant_classes)
+    is_malignant = metrics.malignant_columns(class_names)[labels]
     threshold = metrics.referral_threshold_for_sensitivity(score, is_malignant, target_sensitivity)
     sensitivity, specificity = metrics.sensitivity_specificity_at_threshold(score, is_malignant, threshold)
     validation = {

@@ -199,7 +199,6 @@ def evaluate_bundle(
     bootstrap: bool = True,
 ) -> EvaluationResult:
     """Predict every image of ``manifest`` with ``bundle`` and compute the metrics (see the module docstring)."""
-    classes = bundle.classes
     if len(manifest) == 0:
         raise ValueError(f"{name}: the manifest has no images to evaluate")
     dataset = bundle_dataset(bundle, manifest, unknown_label=UNKNOWN)
@@ -211,6 +210,21 @@ def evaluate_bundle(
         description=f"evaluating {name}",
     )
     frame = manifest.frame.iloc[rows].reset_index(drop=True)
+    return evaluation_result(bundle, frame, logits, labels, name=name, calibrated=calibrated, bootstrap=bootstrap)
+
+
+def evaluation_result(
+    bundle: Bundle,
+    frame: pd.DataFrame,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    name: str,
+    calibrated: bool = True,
+    bootstrap: bool = True,
+) -> EvaluationResult:
+    """Metrics of already-predicted ``logits`` (rows aligned with ``frame``), calibrated as ``bundle`` says."""
+    classes = bundle.classes
     result = EvaluationResult(
         name=name,
         class_names=classes,

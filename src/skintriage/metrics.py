@@ -325,20 +325,23 @@ def partial_auc_above_tpr(
 # --- referral (malignant vs benign) -----------------------------------------------------------------
 
 
-def malignancy_score(probabilities: np.ndarray, class_codes: Sequence[str]) -> np.ndarray:
-    """Summed probability of the malignant classes: the score a referral threshold is applied to.
+def malignant_columns(class_codes: Sequence[str]) -> np.ndarray:
+    """Boolean mask over ``class_codes`` (canonical diagnosis codes): which classes are malignant.
 
-    ``class_codes`` are the canonical diagnosis codes of the probability columns; which are malignant
-    comes from the taxonomy (``akiec`` counts as malignant, see ``taxonomy.py``).
+    Which are malignant comes from the taxonomy (``akiec`` counts as malignant, see ``taxonomy.py``).
     """
-    p = np.asarray(probabilities, dtype=float)
-    if p.ndim != 2 or p.shape[1] != len(class_codes):
-        raise ValueError(f"probabilities {p.shape} do not have one column per class code ({len(class_codes)})")
     unknown = [c for c in class_codes if c not in taxonomy.DIAGNOSES]
     if unknown:
         raise ValueError(f"unknown diagnosis codes {unknown}; expected codes from skintriage.taxonomy.DIAGNOSES")
-    malignant = np.array([taxonomy.is_malignant(taxonomy.DIAGNOSES[c].group) for c in class_codes])
-    return np.clip(p[:, malignant].sum(axis=1), 0.0, 1.0)  # float sums can reach 1 + 2e-16
+    return np.array([taxonomy.is_malignant(taxonomy.DIAGNOSES[c].group) for c in class_codes], dtype=bool)
+
+
+def malignancy_score(probabilities: np.ndarray, class_codes: Sequence[str]) -> np.ndarray:
+    """Summed probability of the malignant classes (:func:`malignant_columns`): what a referral threshold is applied to."""
+    p = np.asarray(probabilities, dtype=float)
+    if p.ndim != 2 or p.shape[1] != len(class_codes):
+        raise ValueError(f"probabilities {p.shape} do not have one column per class code ({len(class_codes)})")
+    return np.clip(p[:, malignant_columns(class_codes)].sum(axis=1), 0.0, 1.0)  # float sums can reach 1 + 2e-16
 
 
 def _operating_points(s: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -440,6 +443,15 @@ def referral_threshold_for_sensitivity(
 # --- calibration ------------------------------------------------------------------------------------
 
 
+def confidence_bins(confidence: np.ndarray, n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(bin index per row, the ``n_bins + 1`` edges): equal-width, right-closed bins ``(0, 1/n], ..., (1 - 1/n, 1]``.
+
+    The one binning rule of the ECE and the reliability diagram, so that the two always agree.
+    """
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], confidence, side="left"), edges
+
+
 def expected_calibration_error(
     y_true: np.ndarray | Sequence[int],
     probabilities: np.ndarray,
@@ -459,8 +471,7 @@ def expected_calibration_error(
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     confidence = p.max(axis=1)
     correct = (predicted_classes(p) == y).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.searchsorted(edges[1:-1], confidence, side="left")  # right-closed bins
+    bins, _ = confidence_bins(confidence, n_bins)
     ece = 0.0
     for b in range(n_bins):
         in_bin = bins == b

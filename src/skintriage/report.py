@@ -208,8 +208,7 @@ def reliability_bins(
     confidence = probabilities[keep].max(axis=1)
     correct = (metrics.predicted_classes(probabilities[keep]) == labels[keep]).astype(float)
     w = weights[keep]
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.searchsorted(edges[1:-1], confidence, side="left")  # right-closed, as in the ECE
+    bins, edges = metrics.confidence_bins(confidence, n_bins)
     rows = []
     for b in range(n_bins):
         in_bin = bins == b

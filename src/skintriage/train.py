@@ -64,7 +64,7 @@ from skintriage.data.presets import NORMALIZATION, ClassificationPresetEval, Cla
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
 from skintriage.data.splits import hash_images, split_manifest
-from skintriage.evaluate import evaluate_bundle, write_evaluation
+from skintriage.evaluate import evaluate_bundle, evaluation_result, multiclass_block, write_evaluation
 from skintriage.inference import predict_logits, resolve_device
 from skintriage.models import create_model
 from skintriage.report import write_model_card
@@ -242,17 +242,16 @@ def train_one_epoch(run: Run, epoch: int, step: int) -> tuple[dict, int]:
 def validation_metrics(run: Run) -> dict:
     logits, labels, _ = predict_logits(run.eval_model, run.val_loader, device=run.device)
     probabilities = torch.softmax(torch.from_numpy(logits), 1).numpy()
-    present = sorted(set(labels.tolist()))
     names = run.train_set.class_names
+    block = multiclass_block(labels, probabilities, np.ones(len(labels)))
     score = metrics.malignancy_score(probabilities, names)
-    is_malignant = metrics.malignancy_score(np.eye(len(names))[labels], names) > 0.5
     return {
         "val_loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()),
-        "val_balanced_accuracy": metrics.balanced_accuracy(labels, probabilities, classes=present),
-        "val_accuracy": metrics.accuracy(labels, probabilities),
-        "val_macro_auc": metrics.macro_auc(labels, probabilities, classes=present),
-        "val_referral_auc": metrics.referral_roc_auc(score, is_malignant),
-        "val_ece": metrics.expected_calibration_error(labels, probabilities),
+        "val_balanced_accuracy": block["balanced_accuracy"],
+        "val_accuracy": block["accuracy"],
+        "val_macro_auc": block["macro_auc"],
+        "val_referral_auc": metrics.referral_roc_auc(score, metrics.malignant_columns(names)[labels]),
+        "val_ece": block["ece"],
     }
 
 
@@ -337,7 +336,11 @@ def finish(
     save_bundle(bundle_dir, model, metadata, half=True)
     bundle = load_bundle(bundle_dir)
 
-    results = {"validation": evaluate_bundle(bundle, val, name="validation", progress=progress)}
+    results = {
+        "validation": evaluation_result(  # the calibrated view of the same validation logits
+            bundle, val_result.frame, val_result.logits, val_result.labels, name="validation"
+        )
+    }
     test = manifest.frame[manifest.frame.split == "test"]
     if len(test):  # the held-out split of the training sources, e.g. "dermnet_test"
         name = "_".join(sorted(test["source"].unique())) + "_test"
@@ -405,11 +408,11 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
     ema = None
     if config.ema_decay is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    mixes = [m for alpha, m in ((config.mixup_alpha, v2.MixUp), (config.cutmix_alpha, v2.CutMix)) if alpha > 0]
-    mix = None
-    if mixes:
-        alphas = [a for a in (config.mixup_alpha, config.cutmix_alpha) if a > 0]
-        mix = v2.RandomChoice([m(alpha=a, num_classes=len(class_names)) for m, a in zip(mixes, alphas, strict=True)])
+    mixes = [
+        mixer(alpha=alpha, num_classes=len(class_names))
+        for alpha, mixer in ((config.mixup_alpha, v2.MixUp), (config.cutmix_alpha, v2.CutMix))
+        if alpha > 0
+    ]
     run = Run(
         config=config,
         model=model,
@@ -418,7 +421,7 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
         train_set=train_set,
         val_loader=DataLoader(val_set, batch_size=config.batch_size * 2, num_workers=config.num_workers),
         loss_weight=train_set.class_weights(config.imbalance_power).to(device) if config.imbalance == "loss" else None,
-        mix=mix,
+        mix=v2.RandomChoice(mixes) if mixes else None,
         device=device,
         progress=progress,
     )
