@@ -13,7 +13,9 @@ from skintriage.models import (
     MODELS,
     PretrainedWeightsError,
     create_model,
+    feature_maps,
     get_head,
+    head_inputs,
     list_models,
     load_weights,
 )
@@ -137,3 +139,16 @@ def test_torchvision_download_failure_says_what_to_do(tmp_path, monkeypatch):
     assert str(tmp_path / "hub" / "checkpoints") in message
     assert "pretrained=Path(" in message
     assert "no internet (test)" in message
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_feature_maps_and_head_inputs_reproduce_the_forward_pass(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, input_size=64).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = feature_maps(model, images)
+        split = get_head(model, name)(head_inputs(model, maps))
+        whole = model(images)
+    assert maps.ndim == 4 and maps.shape[0] == 2
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)

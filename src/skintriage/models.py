@@ -265,6 +265,30 @@ def get_head(model: nn.Module, name: str) -> nn.Linear:
     return model.get_submodule(get_spec(name).head)
 
 
+def feature_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The last convolutional block's output (N, C, h, w): where Grad-CAM looks and what the head pools."""
+    if isinstance(model, tvm.ResNet):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
+        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return model.features(images)
+
+
+def head_inputs(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
+    """The (N, D) vector the final linear layer reads, from :func:`feature_maps`' output.
+
+    ``head(head_inputs(model, feature_maps(model, x)))`` equals ``model(x)``; splitting the forward pass
+    this way gives Grad-CAM its gradients without module hooks (which would race between concurrent
+    requests on a shared model) and the uncertainty gate its embedding.
+    """
+    pooled = model.avgpool(maps)
+    if isinstance(model, tvm.ResNet):
+        return torch.flatten(pooled, 1)
+    body = model.classifier[:-1]
+    if isinstance(model, tvm.ConvNeXt):  # its classifier starts with a LayerNorm2d over the 4-D pooled map
+        return body(pooled)
+    return body(torch.flatten(pooled, 1))
+
+
 def _build_torchvision_pretrained(spec: ModelSpec) -> nn.Module:
     weights = tvm.get_model_weights(spec.builder).DEFAULT
     try:
