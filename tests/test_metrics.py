@@ -421,3 +421,20 @@ def test_confidence_bins_are_right_closed_and_equal_width() -> None:
     bins, edges = m.confidence_bins(np.array([0.2, 1 / 3, 0.34, 2 / 3, 0.9, 1.0]), 3)
     assert bins.tolist() == [0, 0, 1, 1, 2, 2]
     np.testing.assert_allclose(edges, [0, 1 / 3, 2 / 3, 1])
+
+
+@pytest.mark.parametrize(("target", "expected"), [(1.0, 0.8), (0.8, 0.6), (5 / 6, 0.6), (0.5, 0.3)])
+def test_referral_threshold_for_specificity(target, expected):
+    # benign scores 0.7, 0.5, 0.4, 0.2, 0.1, 0.05: spec 1 needs t > 0.7, the smallest observed such t is 0.8;
+    # spec 5/6 lets the 0.7 through, t > 0.5 -> 0.6; spec 3/6 lets 0.7, 0.5, 0.4 through, t > 0.2 -> 0.3
+    threshold = m.referral_threshold_for_specificity(S, M, target)
+    assert threshold == pytest.approx(expected)
+    assert m.sensitivity_specificity_at_threshold(S, M, threshold)[1] >= target - 1e-12
+    smaller = S[np.less(S, threshold)]
+    if len(smaller):  # the smallest such threshold: the next lower score breaks the target
+        assert m.sensitivity_specificity_at_threshold(S, M, smaller.max())[1] < target
+
+
+def test_referral_threshold_for_specificity_needs_benign_rows():
+    with pytest.raises(ValueError, match="no benign rows"):
+        m.referral_threshold_for_specificity([0.2, 0.9], [True, True], 0.9)

@@ -19,6 +19,10 @@
   call uses it is decided on validation balanced accuracy. Probabilities, AUCs, ECE and the
   referral score are unaffected.
 
+* **Urgent threshold.** A second, higher cut-off on the same score: the smallest threshold whose
+  validation specificity is at least ``target_specificity`` (default 0.95). Above it the image evidence
+  alone makes the referral urgent; between the two thresholds it is a routine referral.
+
 The threshold is a validation estimate: on new data the achieved sensitivity varies around the target
 (report it with a confidence interval), and on lesions unlike any in training (Merkel cell carcinoma,
 cutaneous metastases) it is unknown.
@@ -118,3 +122,23 @@ def calibrate(
         "referral_specificity": float(specificity),
     }
     return Calibration(temperature, threshold, target_sensitivity, validation)
+
+
+def urgent_threshold(
+    probabilities: np.ndarray,
+    labels: np.ndarray | Sequence[int],
+    class_names: Sequence[str],
+    *,
+    target_specificity: float = 0.95,
+) -> dict[str, float]:
+    """The urgent cut-off on the malignancy score (calibrated validation probabilities) and how it performed."""
+    score = metrics.malignancy_score(probabilities, class_names)
+    is_malignant = metrics.malignant_columns(class_names)[np.asarray(labels)]
+    threshold = metrics.referral_threshold_for_specificity(score, is_malignant, target_specificity)
+    sensitivity, specificity = metrics.sensitivity_specificity_at_threshold(score, is_malignant, threshold)
+    return {
+        "threshold": threshold,
+        "target_specificity": target_specificity,
+        "validation_sensitivity": float(sensitivity),
+        "validation_specificity": float(specificity),
+    }

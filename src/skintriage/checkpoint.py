@@ -45,6 +45,7 @@ BUNDLE_FORMAT = 1
 # The model shipped with the repository (a source checkout / editable install); what the demo loads by default.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
 WEIGHTS_FILE = "model.safetensors"
+UNCERTAINTY_FILE = "uncertainty.safetensors"  # the uncertainty gate's class means and precision (optional)
 METADATA_FILE = "model.json"
 REQUIRED_FIELDS = ("format_version", "architecture", "classes", "taxonomy_version", "preprocessing", "weights_sha256")
 
@@ -58,6 +59,7 @@ class Bundle:
     model: nn.Module
     metadata: dict[str, Any]
     path: Path
+    uncertainty_tensors: dict[str, torch.Tensor] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -112,8 +114,19 @@ def round_to_bundle(model: nn.Module, *, half: bool) -> nn.Module:
     return model
 
 
-def save_bundle(directory: Path, model: nn.Module, metadata: dict[str, Any], *, half: bool = False) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory``; returns the folder."""
+def save_bundle(
+    directory: Path,
+    model: nn.Module,
+    metadata: dict[str, Any],
+    *,
+    half: bool = False,
+    uncertainty_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory``; returns the folder.
+
+    ``uncertainty_tensors`` (the uncertainty gate's statistics) go to ``uncertainty.safetensors``, whose
+    hash is recorded under ``metadata["uncertainty"]`` next to the gate's thresholds.
+    """
     config = getattr(model, "skintriage_config", None)
     if config is None:
         raise ValueError("the model was not built by skintriage.models.create_model (no skintriage_config)")
@@ -126,6 +139,13 @@ def save_bundle(directory: Path, model: nn.Module, metadata: dict[str, Any], *, 
     tmp = weights.with_suffix(".tmp")
     save_file(bundle_state_dict(model, half=half), str(tmp), metadata={"format": "pt"})
     os.replace(tmp, weights)
+    if uncertainty_tensors is not None:
+        if not isinstance(metadata.get("uncertainty"), dict):
+            raise ValueError("uncertainty tensors need their summary (thresholds) in metadata['uncertainty']")
+        extra = directory / UNCERTAINTY_FILE
+        save_file({k: v.contiguous() for k, v in uncertainty_tensors.items()}, str(extra.with_suffix(".tmp")))
+        os.replace(extra.with_suffix(".tmp"), extra)
+        metadata = {**metadata, "uncertainty": {**metadata["uncertainty"], "sha256": sha256_of(extra)}}
     full = {
         **metadata,  # first: the fields below describe the file and may not be overridden
         "format_version": BUNDLE_FORMAT,
@@ -135,7 +155,10 @@ def save_bundle(directory: Path, model: nn.Module, metadata: dict[str, Any], *, 
         "weights_dtype": "float16" if half else "float32",
         "weights_sha256": sha256_of(weights),
     }
-    (directory / METADATA_FILE).write_text(json.dumps(full, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    text = json.dumps(full, indent=2, default=_json_default) + "\n"
+    tmp_json = directory / (METADATA_FILE + ".tmp")
+    tmp_json.write_text(text, encoding="utf-8")
+    os.replace(tmp_json, directory / METADATA_FILE)
     return directory
 
 
@@ -220,7 +243,26 @@ def load_bundle(directory: Path | str, *, device: str | torch.device = "cpu") ->
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise BundleError(f"{weights} does not fit architecture {architecture}: {error}") from None
-    return Bundle(model.to(device).eval(), metadata, directory)
+    return Bundle(model.to(device).eval(), metadata, directory, _load_uncertainty(directory, metadata))
+
+
+def _load_uncertainty(directory: Path, metadata: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    summary = metadata.get("uncertainty")
+    if summary is None:
+        return None
+    path = directory / UNCERTAINTY_FILE
+    if not isinstance(summary, dict) or "sha256" not in summary:
+        raise BundleError(f"{directory / METADATA_FILE}: the uncertainty field must be an object with a sha256")
+    if not path.is_file():
+        raise BundleError(f"model bundle {directory} lists an uncertainty gate but has no {UNCERTAINTY_FILE}")
+    if sha256_of(path) != summary["sha256"]:
+        raise BundleError(
+            f"{path} does not match {METADATA_FILE} (SHA-256 differs): the file is damaged or was replaced"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise BundleError(f"{path} is not a readable safetensors file: {error}") from None
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:

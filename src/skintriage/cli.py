@@ -214,6 +214,21 @@ def train_command(
     console.print(f"bundle written to {bundle}")
 
 
+@app.command("fit-gates")
+def fit_gates_command(
+    checkpoint: Checkpoint = DEFAULT_BUNDLE,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Overrides the recorded data_root.")] = None,
+) -> None:
+    """Fit a bundle's urgent threshold and uncertainty gate on its own training/validation split (training does this)."""
+    from skintriage.train import refit_referral_gates
+
+    try:
+        bundle = refit_referral_gates(checkpoint, data_root=data_root)
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"gates written to {bundle / 'model.json'}")
+
+
 @app.command("evaluate")
 def evaluate_command(
     source: Annotated[str, typer.Option("--source", help="Registered source to evaluate on.")],
@@ -255,58 +270,130 @@ def evaluate_command(
     console.print(DISCLAIMER, style="dim", highlight=False)
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".heic", ".heif"}
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder contributes its image files (by suffix), sorted, not recursing."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(path)
+    return out
+
+
 @app.command("predict")
 def predict_command(
-    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, TIFF, ...).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images (JPEG, PNG, TIFF, ...).")],
     checkpoint: Checkpoint = DEFAULT_BUNDLE,
-    as_json: AsJson = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image (JSON Lines).")] = False,
+    age: Annotated[int | None, typer.Option("--age", help="Patient age in years.")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="Body site, e.g. face, scalp, trunk, lower leg.")] = None,
+    immunosuppressed: Annotated[bool, typer.Option("--immunosuppressed", help="Immune suppression.")] = False,
+    rapid_growth: Annotated[bool, typer.Option("--rapid-growth", help="Expanding rapidly (within 3 months).")] = False,
+    asymptomatic: Annotated[bool, typer.Option("--asymptomatic", help="Not tender, not itchy.")] = False,
+    known_net: Annotated[
+        bool, typer.Option("--known-neuroendocrine-tumour", help="Known neuroendocrine tumour.")
+    ] = False,
+    known_primary: Annotated[
+        bool, typer.Option("--known-primary-cancer", help="Known internal (non-neuroendocrine) cancer.")
+    ] = False,
+    prior_mcc: Annotated[bool, typer.Option("--prior-mcc", help="Previous Merkel cell carcinoma.")] = False,
+    saliency_dir: Annotated[
+        Path | None, typer.Option("--saliency", help="Write a Grad-CAM overlay PNG per image into this folder.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
 ) -> None:
-    """Calibrated class probabilities and the malignancy referral score for each image."""
-    from skintriage.checkpoint import load_bundle
+    """Referral level, reasons and differential for each image, from calibrated probabilities and clinical context.
+
+    A file that cannot be read is reported (with --json: an object with an "error" field) and the
+    others go on; the exit code is 1 if any failed.
+    """
     from skintriage.data.images import ImageDecodeError, decode_image
-    from skintriage.inference import Predictor
-    from skintriage.metrics import malignancy_score
+    from skintriage.predict import FileError, Predictor
+    from skintriage.referral import ClinicalContext
 
     try:
-        bundle = load_bundle(checkpoint)
+        context = ClinicalContext(
+            age=age,
+            site=site,
+            immunosuppressed=immunosuppressed,
+            rapid_growth=rapid_growth,
+            asymptomatic=asymptomatic,
+            known_neuroendocrine_tumour=known_net,
+            known_other_primary_cancer=known_primary,
+            prior_mcc=prior_mcc,
+        )
+        predictor = Predictor.load(checkpoint)
     except USER_ERRORS as error:
         _fail(error)
-    predictor = Predictor(bundle)
-    threshold = bundle.metadata.get("calibration", {}).get("referral_threshold")
-    results, failed = [], 0
-    for path in images:
-        try:
-            probabilities = predictor.probabilities(decode_image(path, name=str(path)))
-        except (ImageDecodeError, OSError) as error:
-            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-            failed += 1
-            continue
-        score = float(malignancy_score(probabilities[None], bundle.classes)[0])
-        results.append(
-            {
-                "image": str(path),
-                "probabilities": dict(zip(bundle.classes, map(float, probabilities), strict=True)),
-                "malignancy_score": score,
-                "referral_threshold": threshold,
-                "refer": None if threshold is None else score >= threshold,
-            }
-        )
-    if as_json:
-        print(
-            json.dumps({"disclaimer": DISCLAIMER, "model": bundle.metadata.get("name"), "results": results}, indent=2)
-        )
+    paths = _expand(images)
+    if saliency_dir is not None:
+        saliency_dir.mkdir(parents=True, exist_ok=True)
+
+        def results():  # one image at a time: the overlay needs the decoded image and its own backward pass
+            for path in paths:
+                try:
+                    image = decode_image(path, name=str(path))
+                except (ImageDecodeError, OSError) as error:
+                    yield FileError(str(path), str(error))
+                    continue
+                prediction = predictor.predict(image, context, with_saliency=True, file=str(path))
+                out = saliency_dir / f"{path.stem}_saliency.png"
+                predictor.overlay(image, prediction.heatmap).save(out)
+                yield prediction
     else:
-        for result in results:
-            top = sorted(result["probabilities"].items(), key=lambda item: -item[1])[:3]
-            decision = {True: "REFER", False: "no referral", None: "no threshold"}[result["refer"]]
+
+        def results():
+            yield from predictor.predict_files(paths, context, batch_size=batch_size)
+
+    failed = 0
+    for result in results():
+        failed += isinstance(result, FileError)
+        if as_json:
+            print(json.dumps(result.to_dict()), flush=True)
+        elif isinstance(result, FileError):
+            typer.secho(f"error: {result.error}", err=True, fg=typer.colors.RED)
+        else:
+            level = result.referral.level.upper()
             console.print(
-                f"{result['image']}: malignancy score {result['malignancy_score']:.3f} -> {decision}; "
-                + ", ".join(f"{name} {p:.3f}" for name, p in top),
+                f"[bold]{result.file}[/bold]: {level} (malignancy probability {result.malignancy_probability:.2f}; "
+                f"most likely {result.class_call})",
                 highlight=False,
             )
+            for reason in result.referral.reasons:
+                console.print(f"  - {reason.text}", highlight=False)
+            for entry in result.referral.differential:
+                console.print(f"  consider {entry.name}: {entry.why}", highlight=False)
+    if not as_json:
         console.print(DISCLAIMER, style="dim", highlight=False)
     if failed:
         raise typer.Exit(code=1)
+
+
+@app.command("guidance")
+def guidance_command(
+    topic: Annotated[
+        list[str] | None, typer.Option("--topic", help="Topic id (repeatable); all topics by default.")
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", help="md or json.")] = "md",
+) -> None:
+    """The diagnostic work-up guidance (biopsy, immunohistochemistry, grading, imaging, ...), with citations."""
+    from skintriage.guidance import GuidanceError, load_guidance, render_markdown, to_json
+
+    if output_format not in ("md", "json"):
+        _fail(ValueError(f"--format must be md or json, not {output_format!r}"))
+    try:
+        kb = load_guidance()
+        if output_format == "json":
+            print(json.dumps({"disclaimer": DISCLAIMER, **to_json(kb, topics=topic or None)}, indent=2))
+        else:
+            print(render_markdown(kb, topics=topic or None))
+            print(f"\n_{DISCLAIMER}_")
+    except GuidanceError as error:
+        _fail(error)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ class TrainConfig(_Strict):
     grad_clip_norm: float | None = Field(None, gt=0)
 
     target_sensitivity: float = Field(0.95, gt=0, le=1)
+    # the referral engine's gates, fitted on validation after training (see calibration.py, uncertainty.py)
+    urgent_specificity: float = Field(0.95, gt=0, lt=1)
+    ood_quantile: float = Field(0.99, ge=0.5, lt=1)
+    low_confidence_quantile: float = Field(0.95, ge=0.5, lt=1)
     num_workers: int = Field(0, ge=0)
     seed: int = 0
     device: str = "auto"

@@ -33,7 +33,7 @@ from skintriage.calibration import class_balanced_probabilities, probabilities_a
 from skintriage.checkpoint import Bundle
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
-from skintriage.inference import bundle_dataset, loader_for, predict_logits
+from skintriage.inference import bundle_dataset, decision_prior, loader_for, predict_logits
 from skintriage.taxonomy import is_malignant, label_map
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -182,11 +182,6 @@ def confidence_intervals(
                     two_column,
                 )
     return ci
-
-
-def decision_prior(bundle: Bundle) -> np.ndarray | None:
-    decision = bundle.metadata.get("decision", {})
-    return np.asarray(decision["training_prior"]) if decision.get("rule") == "class_balanced" else None
 
 
 def evaluate_bundle(

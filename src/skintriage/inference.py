@@ -1,6 +1,6 @@
-"""Running a model: logits for a whole dataset, and calibrated probabilities for one image.
+"""Running a model over a dataset: logits (and embeddings) in batches.
 
-Both paths use the same preprocessing, read from the bundle (``preprocessing`` in ``model.json``):
+Datasets and :mod:`skintriage.predict` (single images) use the same preprocessing, read from the bundle (``preprocessing`` in ``model.json``):
 :func:`~skintriage.data.dataset.prepare_pixels` (watermark corner filled for the sources trained that
 way) followed by the evaluation preset (short side to ``input_size``, centre crop, normalisation).
 """
@@ -8,19 +8,19 @@ way) followed by the evaluation preset (short side to ``input_size``, centre cro
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from skintriage.calibration import probabilities_at_temperature
 from skintriage.checkpoint import Bundle
-from skintriage.data.dataset import ManifestDataset, prepare_pixels
+from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetEval
 from skintriage.data.records import Manifest
+from skintriage.models import feature_maps, get_head, head_inputs
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,7 +29,58 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class Outputs:
+    """What :func:`predict_outputs` collects, in loader order; ``embeddings`` only when asked for."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+    embeddings: np.ndarray | None = None
+
+
+def forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, embedding): one pass, split where the classification head reads its input."""
+    embedding = head_inputs(model, feature_maps(model, images))
+    return get_head(model, model.skintriage_config.name)(embedding), embedding
+
+
 @torch.inference_mode()
+def predict_outputs(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | str = "cpu",
+    embeddings: bool = False,
+    progress: bool = False,
+    description: str = "predicting",
+) -> Outputs:
+    """Logits (and optionally head-input embeddings) over a loader of ``(image, label, row)`` batches."""
+    model.eval()
+    logits, labels, rows, embedded = [], [], [], []
+    channels_last = torch.device(device).type == "cuda"
+    for images, batch_labels, batch_rows in tqdm(loader, desc=description, leave=False, disable=not progress):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if embeddings:
+            batch_logits, batch_embedding = forward(model, images)
+            embedded.append(batch_embedding.float().cpu())
+        else:
+            batch_logits = model(images)
+        logits.append(batch_logits.float().cpu())
+        labels.append(torch.as_tensor(batch_labels))
+        rows.append(torch.as_tensor(batch_rows))
+    if not logits:
+        raise ValueError("nothing to predict: the dataset is empty")
+    return Outputs(
+        torch.cat(logits).numpy(),
+        torch.cat(labels).numpy(),
+        torch.cat(rows).numpy(),
+        torch.cat(embedded).numpy() if embeddings else None,
+    )
+
+
 def predict_logits(
     model: nn.Module,
     loader: Iterable,
@@ -39,19 +90,8 @@ def predict_logits(
     description: str = "predicting",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(logits, labels, rows)`` over a loader of ``(image, label, row)`` batches, in loader order."""
-    model.eval()
-    logits, labels, rows = [], [], []
-    channels_last = torch.device(device).type == "cuda"
-    for images, batch_labels, batch_rows in tqdm(loader, desc=description, leave=False, disable=not progress):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits.append(model(images).float().cpu())
-        labels.append(torch.as_tensor(batch_labels))
-        rows.append(torch.as_tensor(batch_rows))
-    if not logits:
-        raise ValueError("nothing to predict: the dataset is empty")
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
+    outputs = predict_outputs(model, loader, device=device, progress=progress, description=description)
+    return outputs.logits, outputs.labels, outputs.rows
 
 
 def eval_preset(bundle: Bundle) -> ClassificationPresetEval:
@@ -77,19 +117,7 @@ def loader_for(dataset: ManifestDataset, *, batch_size: int = 64, num_workers: i
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-class Predictor:
-    """Calibrated class probabilities for single images, as the demo and ``skintriage predict`` need."""
-
-    def __init__(self, bundle: Bundle):
-        self.bundle = bundle
-        self.preset = eval_preset(bundle)
-        self.device = next(bundle.model.parameters()).device
-
-    def input_tensor(self, image: Image.Image, *, mask_watermark: bool = False) -> torch.Tensor:
-        """The (1, 3, S, S) tensor the model sees for a decoded RGB image."""
-        return self.preset(prepare_pixels(image, mask_watermark=mask_watermark)).unsqueeze(0).to(self.device)
-
-    @torch.inference_mode()
-    def probabilities(self, image: Image.Image, *, mask_watermark: bool = False) -> np.ndarray:
-        logits = self.bundle.model(self.input_tensor(image, mask_watermark=mask_watermark)).float().cpu().numpy()
-        return probabilities_at_temperature(logits, self.bundle.temperature)[0]
+def decision_prior(bundle: Bundle) -> np.ndarray | None:
+    """The training prior the class call divides by (``None``: the bundle's class call is the plain arg-max)."""
+    decision = bundle.metadata.get("decision", {})
+    return np.asarray(decision["training_prior"]) if decision.get("rule") == "class_balanced" else None

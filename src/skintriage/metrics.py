@@ -440,6 +440,22 @@ def referral_threshold_for_sensitivity(
     return float(thresholds[np.argmax(sensitivity >= target_sensitivity - _RATE_SLACK)])
 
 
+def referral_threshold_for_specificity(
+    scores: np.ndarray | Sequence[float],
+    is_malignant: np.ndarray | Sequence[bool],
+    target_specificity: float,
+    weights: np.ndarray | Sequence[float] | None = None,
+) -> float:
+    """The smallest threshold whose specificity is at least the target: the most cancers flagged while keeping
+    false alarms at ``1 - target_specificity``; the referral engine's *urgent* cut-off. Needs benign rows."""
+    s, t, w = _binary_inputs(scores, is_malignant, weights)
+    _check_rate(target_specificity, "target_specificity")
+    if not (~t).any():
+        raise ValueError("a specificity threshold cannot be calibrated: there are no benign rows with weight > 0")
+    thresholds, _, specificity = _operating_points(s, t, w)
+    return float(thresholds[np.flatnonzero(specificity >= target_specificity - _RATE_SLACK).max()])
+
+
 # --- calibration ------------------------------------------------------------------------------------
 
 

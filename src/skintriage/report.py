@@ -557,6 +557,29 @@ def card_calibration(meta: Mapping[str, Any]) -> str:
         ["target sensitivity on validation", fmt(c.get("target_sensitivity"))],
     ]
     rows += [[f"validation {key.replace('_', ' ')}", fmt(value)] for key, value in (c.get("validation") or {}).items()]
+    urgent = c.get("urgent") or {}
+    if urgent:
+        rows += [
+            ["urgent threshold (malignancy score)", fmt(urgent.get("threshold"))],
+            ["urgent: target specificity on validation", fmt(urgent.get("target_specificity"))],
+            ["urgent: validation sensitivity", fmt(urgent.get("validation_sensitivity"))],
+            ["urgent: validation specificity", fmt(urgent.get("validation_specificity"))],
+        ]
+    gate = meta.get("uncertainty") or {}
+    if gate:
+        rates = gate.get("validation_rates") or {}
+        rows += [
+            ["uncertainty gate", str(gate.get("method", "n/a"))],
+            [
+                "out of distribution above (Mahalanobis distance)",
+                f"{fmt(gate.get('ood_threshold'))} (validation quantile {fmt(gate.get('ood_quantile'))})",
+            ],
+            [
+                "low confidence above (normalised entropy)",
+                f"{fmt(gate.get('entropy_threshold'))} (validation quantile {fmt(gate.get('low_confidence_quantile'))})",
+            ],
+            ["validation share the model cannot assess", fmt(rates.get("cannot_assess"))],
+        ]
     decision = meta.get("decision") or {}
     if decision:
         rows.append(["class call (chosen on validation balanced accuracy)", str(decision.get("rule", "argmax"))])
@@ -567,7 +590,9 @@ def card_calibration(meta: Mapping[str, Any]) -> str:
     return (
         "## Calibration\n\nFitted on the validation split only: one temperature for all logits (minimising "
         "validation NLL), then the largest referral threshold that still refers the target share of malignant "
-        "validation lesions.\n\n" + markdown_table(header=["quantity", "value"], rows=rows)
+        "validation lesions. The referral engine's urgent threshold (the smallest keeping the target specificity) "
+        "and the uncertainty gate's thresholds (quantiles of validation scores) are fitted on the same split; the "
+        "gate's class statistics on the training split.\n\n" + markdown_table(header=["quantity", "value"], rows=rows)
     )
 
 

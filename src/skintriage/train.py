@@ -50,8 +50,10 @@ from skintriage.calibration import (
     class_balanced_probabilities,
     effective_training_prior,
     probabilities_at_temperature,
+    urgent_threshold,
 )
 from skintriage.checkpoint import (
+    Bundle,
     load_bundle,
     load_training_state,
     round_to_bundle,
@@ -65,10 +67,11 @@ from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
 from skintriage.data.splits import hash_images, split_manifest
 from skintriage.evaluate import evaluate_bundle, evaluation_result, multiclass_block, write_evaluation
-from skintriage.inference import predict_logits, resolve_device
+from skintriage.inference import bundle_dataset, loader_for, predict_logits, predict_outputs, resolve_device
 from skintriage.models import create_model
 from skintriage.report import write_model_card
 from skintriage.taxonomy import DIAGNOSES
+from skintriage.uncertainty import fit_uncertainty_gate
 
 STATE_FILE = "last.pt"
 BEST_FILE = "best.safetensors"
@@ -289,6 +292,74 @@ def choose_class_call(
     }
 
 
+def fit_referral_gates(
+    bundle: Bundle, manifest: Manifest, config: TrainConfig, *, progress: bool = True
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The referral engine's gates for a calibrated bundle: the urgent threshold and the uncertainty gate.
+
+    Returns the ``model.json`` fields to update (``calibration`` with ``urgent``, and ``uncertainty``)
+    and the gate's tensors for :func:`save_bundle`. Embeddings come from the bundle's own (rounded)
+    weights with evaluation preprocessing, training images for the class Gaussians and validation
+    images for every threshold.
+    """
+    frame = manifest.frame
+
+    def outputs(split: str):
+        rows = frame[(frame.split == split) & frame.diagnosis.isin(bundle.classes)].reset_index(drop=True)
+        loader = loader_for(bundle_dataset(bundle, Manifest(rows, manifest.root)))
+        return predict_outputs(
+            bundle.model, loader, embeddings=True, progress=progress, description=f"{split} embeddings"
+        )
+
+    train, val = outputs("train"), outputs("val")
+    val_probabilities = probabilities_at_temperature(val.logits, bundle.temperature)
+    gate = fit_uncertainty_gate(
+        train_embeddings=train.embeddings,
+        train_labels=train.labels,
+        val_embeddings=val.embeddings,
+        val_probabilities=val_probabilities,
+        ood_quantile=config.ood_quantile,
+        low_confidence_quantile=config.low_confidence_quantile,
+    )
+    validation = gate.assess(val.embeddings, val_probabilities)
+    summary = {
+        **gate.summary(),
+        "fitted_on": {"train_images": len(train.labels), "validation_images": len(val.labels)},
+        "validation_rates": {
+            "out_of_distribution": float(np.mean([u.out_of_distribution for u in validation])),
+            "low_confidence": float(np.mean([u.low_confidence for u in validation])),
+            "cannot_assess": float(np.mean([u.cannot_assess for u in validation])),
+        },
+    }
+    urgent = urgent_threshold(
+        val_probabilities, val.labels, bundle.classes, target_specificity=config.urgent_specificity
+    )
+    calibration = {**bundle.metadata.get("calibration", {}), "urgent": urgent}
+    return {"calibration": calibration, "uncertainty": summary}, gate.tensors()
+
+
+def refit_referral_gates(bundle_dir: Path, *, data_root: Path | None = None, progress: bool = True) -> Path:
+    """Fit (again) the gates of an existing bundle from the training config it records, on the same splits.
+
+    Weights, temperature and referral threshold are untouched; ``model.json`` gains the urgent
+    threshold and the uncertainty gate, and the model card is rewritten.
+    """
+    bundle = load_bundle(bundle_dir)
+    config = TrainConfig.model_validate(bundle.metadata["training"]["config"])
+    manifest, _ = training_manifest(config, data_root=data_root, progress=progress)
+    gates, gate_tensors = fit_referral_gates(bundle, manifest, config, progress=progress)
+    metadata = {**bundle.metadata, **gates}
+    save_bundle(
+        bundle_dir,
+        bundle.model,
+        metadata,
+        half=metadata.get("weights_dtype") == "float16",
+        uncertainty_tensors=gate_tensors,
+    )
+    write_model_card(bundle_dir)
+    return bundle_dir
+
+
 def finish(
     config: TrainConfig,
     out: Path,
@@ -334,6 +405,9 @@ def finish(
     metadata["calibration"] = calibration.to_dict()
     metadata["decision"] = choose_class_call(config, manifest, class_names, val_result, calibration.temperature)
     save_bundle(bundle_dir, model, metadata, half=True)
+    gates, gate_tensors = fit_referral_gates(load_bundle(bundle_dir), manifest, config, progress=progress)
+    metadata.update(gates)
+    save_bundle(bundle_dir, model, metadata, half=True, uncertainty_tensors=gate_tensors)
     bundle = load_bundle(bundle_dir)
 
     results = {
@@ -354,7 +428,7 @@ def finish(
     for name, result in results.items():
         write_evaluation(result, out / "eval" / name)
     metadata["metrics"] = {name: result.headline() for name, result in results.items()}
-    save_bundle(bundle_dir, model, metadata, half=True)
+    save_bundle(bundle_dir, model, metadata, half=True, uncertainty_tensors=gate_tensors)
     write_model_card(bundle_dir)
     return bundle_dir
 

@@ -1,0 +1,56 @@
+"""How a referral decision looks to a person: the card the demo shows, as HTML built from library values.
+
+Kept out of ``app.py`` so the page shows exactly what the library decided (the app only places it),
+and so the same card can be tested without a browser. Every text is escaped: reasons may quote a
+file name or a user-given body site.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from skintriage import DISCLAIMER
+from skintriage.referral import ReferralDecision
+from skintriage.taxonomy import DIAGNOSES
+
+LEVEL_STYLE = {  # background, text; WCAG AA contrast with white text
+    "urgent": ("#b91c1c", "URGENT REFERRAL"),
+    "refer": ("#b45309", "REFER"),
+    "routine": ("#15803d", "ROUTINE REVIEW"),
+}
+
+
+def referral_card_html(
+    decision: ReferralDecision,
+    *,
+    malignancy_probability: float | None = None,
+    class_call: str | None = None,
+    uncertainty: float | None = None,
+) -> str:
+    """The referral card: level badge, what it means, the reasons, the differential, limits and disclaimer."""
+    colour, badge = LEVEL_STYLE[decision.level]
+    facts = []
+    if malignancy_probability is not None:
+        facts.append(f"Malignancy probability <b>{malignancy_probability:.2f}</b>")
+    if class_call is not None:
+        facts.append(f"class call <b>{escape(DIAGNOSES[class_call].name)}</b> (adjusted for class frequency)")
+    if uncertainty is not None:
+        facts.append(f"uncertainty <b>{uncertainty:.2f}</b> (1 or more: cannot assess)")
+    reasons = "".join(f"<li>{escape(r.text)}</li>" for r in decision.reasons)
+    differential = "".join(f"<li><b>{escape(d.name)}</b>: {escape(d.why)}</li>" for d in decision.differential)
+    limits = "".join(f"<li>{escape(text)}</li>" for text in decision.limits)
+    parts = [
+        f'<div class="referral-card" data-level="{decision.level}" '
+        f'style="border-left:8px solid {colour};padding:8px 14px">',
+        f'<div style="display:inline-block;background:{colour};color:#fff;font-weight:700;font-size:1.3em;'
+        f'padding:4px 12px;border-radius:4px" data-testid="referral-level">{badge}</div>',
+        f"<p><b>{escape(decision.meaning.capitalize())}.</b></p>",
+    ]
+    if facts:
+        parts.append(f"<p>{'; '.join(facts)}.</p>")
+    parts.append(f"<h4>Why</h4><ul>{reasons}</ul>")
+    if differential:
+        parts.append(f"<h4>Consider</h4><ul>{differential}</ul>")
+    parts.append(f"<details><summary>Limits of this model</summary><ul>{limits}</ul></details>")
+    parts.append(f'<p style="font-size:0.9em"><i>{escape(DISCLAIMER)}</i></p></div>')
+    return "\n".join(parts)

@@ -1,0 +1,502 @@
+"""Work-up guidance for lesions flagged as possible MCC or cutaneous metastasis: structured, cited data.
+
+The guidance panel is shown to dermatologists, so every statement it makes must be traceable. The
+knowledge base is therefore kept as data, not prose in code:
+
+* ``sources.yaml`` lists every citable source. A ``document`` source is one of the copies of public
+  web pages in ``../shared/documents`` (named by file, title and publisher); a ``literature`` source is
+  a publication named in ``../shared/clinical_facts.md`` (``via: clinical_facts.md``). Consumer or
+  AI-generated pages carry a ``reliability_note``. For literature, ``title`` is a short description of
+  what the source reports (clinical_facts.md gives no article titles), and ``reference`` is the
+  reference exactly as far as clinical_facts.md gives it.
+* ``topics/NN_<id>.yaml`` holds one topic each, read in file-name order (the display order). A topic
+  has a one- or two-sentence ``audience_summary``, ``facts`` (each with ``citations``), optional
+  ``tables`` (each row with ``citations``) and ``related`` topic ids.
+
+The text is the project's own wording: facts and figures come from the sources with a citation, their
+sentences do not (``tests/test_guidance.py`` checks for copied word runs). Loading validates the data
+and fails loudly, naming the file and the topic/fact, because a silently dropped citation would turn a
+sourced statement into an unsourced one.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DIFFERENTIAL_TOPICS",
+    "GUIDANCE_DIR",
+    "NOTE",
+    "Fact",
+    "GuidanceError",
+    "KnowledgeBase",
+    "Source",
+    "Table",
+    "TableRow",
+    "Topic",
+    "load_guidance",
+    "render_markdown",
+    "to_json",
+    "topic_ids",
+    "topics_for_differential",
+]
+
+GUIDANCE_DIR = Path(__file__).resolve().parent
+
+NOTE = (
+    "Educational guidance summarised from the cited sources, not clinical advice: the clinician's judgement "
+    "and local guidelines take precedence."
+)
+
+# Which topics the app shows for each entry of a lesion's differential (the triage groups of
+# skintriage.taxonomy plus "cannot_assess"). Order matters: it is the display order. "benign" shows
+# no work-up guidance, but is accepted so that any triage group can be passed.
+DIFFERENTIAL_TOPICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "mcc": ("aeiou", "biopsy", "immunohistochemistry", "nodal_staging", "pitfalls"),
+        "cutaneous_metastasis": (
+            "biopsy",
+            "immunohistochemistry",
+            "grading",
+            "biochemistry",
+            "imaging",
+            "pitfalls",
+            "cutaneous_metastasis",
+        ),
+        "other_malignant": ("biopsy",),
+        "cannot_assess": ("biopsy",),
+        "benign": (),
+    }
+)
+
+SOURCE_KINDS = ("document", "literature")
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_TOPIC_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class GuidanceError(ValueError):
+    """The guidance data is invalid, or a caller asked for a topic or differential that does not exist."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One citable source: a copied web page (``document``) or a publication (``literature``)."""
+
+    id: str
+    kind: str
+    title: str
+    publisher: str | None = None
+    file: str | None = None
+    reference: str | None = None
+    pmid: str | None = None
+    url: str | None = None
+    via: str | None = None
+    reliability_note: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A one-line human-readable citation: publisher, title and file for a page; reference and PMID otherwise."""
+        if self.kind == "document":
+            return f'{self.publisher}: "{self.title}" (file {self.file})'
+        pmid = f", PMID {self.pmid}" if self.pmid else ""
+        return f"{self.reference}{pmid}"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One statement in the project's own words, with the ids of the sources that support it."""
+
+    text: str
+    citations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableRow:
+    cells: tuple[str, ...]
+    citations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A structured table (e.g. the IHC panel MCC vs metastasis); every row carries its own citations."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[TableRow, ...]
+
+
+@dataclass(frozen=True)
+class Topic:
+    id: str
+    title: str
+    audience_summary: str
+    facts: tuple[Fact, ...]
+    tables: tuple[Table, ...] = ()
+    related: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    """All sources by id and all topics by id, in display order. Read-only: the default one is cached."""
+
+    sources: Mapping[str, Source]
+    topics: Mapping[str, Topic]
+
+    def cited_source_ids(self, topics: Iterable[str] | None = None) -> list[str]:
+        """Ids of the sources cited by the given topics (all by default), in sources.yaml order."""
+        chosen = self.topics.values() if topics is None else [self.topics[t] for t in topics]
+        cited: set[str] = set()
+        for topic in chosen:
+            for fact in topic.facts:
+                cited.update(fact.citations)
+            for table in topic.tables:
+                for row in table.rows:
+                    cited.update(row.citations)
+        return [source_id for source_id in self.sources if source_id in cited]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------------
+
+_SOURCE_FIELDS = {"id", "kind", "title", "publisher", "file", "reference", "pmid", "url", "via", "reliability_note"}
+_TOPIC_FIELDS = {"id", "title", "audience_summary", "facts", "tables", "related"}
+
+
+def load_guidance(path: Path | None = None) -> KnowledgeBase:
+    """Load and validate the knowledge base from ``path`` (a folder with sources.yaml and topics/).
+
+    Without a path the packaged guidance is loaded once and cached, because the app renders it on every
+    request. An explicit path is read fresh each time (tests and authors editing the data).
+    """
+    if path is None:
+        return _load_default()
+    return _load(Path(path))
+
+
+@functools.lru_cache(maxsize=1)
+def _load_default() -> KnowledgeBase:
+    return _load(GUIDANCE_DIR)
+
+
+def topic_ids() -> list[str]:
+    """The ids of the packaged topics in display order, e.g. for a CLI choice or an API schema."""
+    return list(load_guidance().topics)
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise GuidanceError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise GuidanceError(f"{path}: not valid YAML: {error}") from error
+
+
+def _text(value: Any, where: str, field: str, *, required: bool = True) -> str | None:
+    if value is None:
+        if required:
+            raise GuidanceError(f"{where}: missing field {field!r}")
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise GuidanceError(f"{where}: field {field!r} must be text, got {type(value).__name__}")
+    text = " ".join(str(value).split())
+    if not text:
+        if required:
+            raise GuidanceError(f"{where}: field {field!r} is empty")
+        return None
+    return text
+
+
+def _check_fields(entry: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise GuidanceError(f"{where}: expected a mapping, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise GuidanceError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    return entry
+
+
+def _load_sources(path: Path) -> dict[str, Source]:
+    document = _read_yaml(path)
+    if not isinstance(document, dict) or not isinstance(document.get("sources"), list):
+        raise GuidanceError(f"{path}: expected a top-level 'sources' list")
+    sources: dict[str, Source] = {}
+    for index, raw in enumerate(document["sources"], start=1):
+        where = f"{path}: source {index}"
+        entry = _check_fields(raw, _SOURCE_FIELDS, where)
+        source_id = _text(entry.get("id"), where, "id")
+        assert source_id is not None
+        where = f"{path}: source {index} ({source_id!r})"
+        if not _ID_PATTERN.match(source_id):
+            raise GuidanceError(f"{where}: id must be letters, digits, '-' or '_'")
+        if source_id in sources:
+            raise GuidanceError(f"{where}: duplicate source id {source_id!r}")
+        kind = _text(entry.get("kind"), where, "kind")
+        if kind not in SOURCE_KINDS:
+            raise GuidanceError(f"{where}: kind must be one of {list(SOURCE_KINDS)}, got {kind!r}")
+        is_document = kind == "document"
+        source = Source(
+            id=source_id,
+            kind=kind,
+            title=_text(entry.get("title"), where, "title") or "",
+            publisher=_text(entry.get("publisher"), where, "publisher", required=is_document),
+            file=_text(entry.get("file"), where, "file", required=is_document),
+            reference=_text(entry.get("reference"), where, "reference", required=not is_document),
+            pmid=_text(entry.get("pmid"), where, "pmid", required=False),
+            url=_text(entry.get("url"), where, "url", required=False),
+            via=_text(entry.get("via"), where, "via", required=not is_document),
+            reliability_note=_text(entry.get("reliability_note"), where, "reliability_note", required=False),
+        )
+        if source.pmid is not None and not source.pmid.isdigit():
+            raise GuidanceError(f"{where}: pmid must be digits, got {source.pmid!r}")
+        sources[source_id] = source
+    if not sources:
+        raise GuidanceError(f"{path}: no sources")
+    return sources
+
+
+def _citations(value: Any, where: str, sources: Mapping[str, Source]) -> tuple[str, ...]:
+    if value is None or value == []:
+        raise GuidanceError(f"{where}: has no citation (every fact and table row needs at least one source id)")
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise GuidanceError(f"{where}: 'citations' must be a list of source ids")
+    citations: list[str] = []
+    for item in value:
+        cited = _text(item, where, "citations")
+        assert cited is not None
+        if cited not in sources:
+            raise GuidanceError(f"{where}: unknown citation id {cited!r}; known source ids: {', '.join(sources)}")
+        if cited not in citations:
+            citations.append(cited)
+    return tuple(citations)
+
+
+def _load_table(raw: Any, where: str, sources: Mapping[str, Source]) -> Table:
+    entry = _check_fields(raw, {"title", "columns", "rows"}, where)
+    title = _text(entry.get("title"), where, "title") or ""
+    columns_raw = entry.get("columns")
+    if not isinstance(columns_raw, list) or len(columns_raw) < 2:
+        raise GuidanceError(f"{where}: 'columns' must be a list of at least two column names")
+    columns = tuple(_text(c, where, "columns") or "" for c in columns_raw)
+    rows_raw = entry.get("rows")
+    if not isinstance(rows_raw, list) or not rows_raw:
+        raise GuidanceError(f"{where}: missing field 'rows' (a non-empty list)")
+    rows: list[TableRow] = []
+    for row_index, row_raw in enumerate(rows_raw, start=1):
+        row_where = f"{where}, row {row_index}"
+        row = _check_fields(row_raw, {"cells", "citations"}, row_where)
+        cells_raw = row.get("cells")
+        if not isinstance(cells_raw, list):
+            raise GuidanceError(f"{row_where}: missing field 'cells' (a list)")
+        if len(cells_raw) != len(columns):
+            raise GuidanceError(
+                f"{row_where}: has {len(cells_raw)} cells but the table has {len(columns)} columns {list(columns)}"
+            )
+        cells = tuple(_text(c, row_where, "cells") or "" for c in cells_raw)
+        rows.append(TableRow(cells=cells, citations=_citations(row.get("citations"), row_where, sources)))
+    return Table(title=title, columns=columns, rows=tuple(rows))
+
+
+def _load_topic(path: Path, sources: Mapping[str, Source]) -> Topic:
+    raw = _read_yaml(path)
+    entry = _check_fields(raw, _TOPIC_FIELDS, f"{path}")
+    topic_id = _text(entry.get("id"), f"{path}", "id")
+    assert topic_id is not None
+    where = f"{path}: topic {topic_id!r}"
+    if not _TOPIC_ID_PATTERN.match(topic_id):
+        raise GuidanceError(f"{where}: topic id must be snake_case")
+    title = _text(entry.get("title"), where, "title") or ""
+    summary = _text(entry.get("audience_summary"), where, "audience_summary") or ""
+    facts_raw = entry.get("facts")
+    if not isinstance(facts_raw, list) or not facts_raw:
+        raise GuidanceError(f"{where}: missing field 'facts' (a non-empty list)")
+    facts: list[Fact] = []
+    for index, fact_raw in enumerate(facts_raw, start=1):
+        fact_where = f"{where}, fact {index}"
+        fact = _check_fields(fact_raw, {"text", "citations"}, fact_where)
+        text = _text(fact.get("text"), fact_where, "text") or ""
+        facts.append(Fact(text=text, citations=_citations(fact.get("citations"), fact_where, sources)))
+    tables_raw = entry.get("tables") or []
+    if not isinstance(tables_raw, list):
+        raise GuidanceError(f"{where}: 'tables' must be a list")
+    tables = tuple(
+        _load_table(table_raw, f"{where}, table {index}", sources) for index, table_raw in enumerate(tables_raw, 1)
+    )
+    related_raw = entry.get("related") or []
+    if not isinstance(related_raw, list):
+        raise GuidanceError(f"{where}: 'related' must be a list of topic ids")
+    related = tuple(_text(r, where, "related") or "" for r in related_raw)
+    return Topic(id=topic_id, title=title, audience_summary=summary, facts=tuple(facts), tables=tables, related=related)
+
+
+def _load(folder: Path) -> KnowledgeBase:
+    sources = _load_sources(folder / "sources.yaml")
+    topic_files = sorted((folder / "topics").glob("*.yaml"))
+    if not topic_files:
+        raise GuidanceError(f"{folder / 'topics'}: no topic files (*.yaml)")
+    topics: dict[str, Topic] = {}
+    files: dict[str, Path] = {}
+    for path in topic_files:
+        topic = _load_topic(path, sources)
+        if topic.id in topics:
+            raise GuidanceError(f"{path}: duplicate topic id {topic.id!r} (already defined in {files[topic.id]})")
+        topics[topic.id] = topic
+        files[topic.id] = path
+    for topic in topics.values():
+        for related in topic.related:
+            if related not in topics:
+                raise GuidanceError(
+                    f"{files[topic.id]}: topic {topic.id!r}: unknown related topic {related!r}; "
+                    f"known topic ids: {', '.join(topics)}"
+                )
+            if related == topic.id:
+                raise GuidanceError(f"{files[topic.id]}: topic {topic.id!r} lists itself as related")
+    return KnowledgeBase(sources=MappingProxyType(sources), topics=MappingProxyType(topics))
+
+
+# --------------------------------------------------------------------------------------------------
+# Selection and rendering
+# --------------------------------------------------------------------------------------------------
+
+
+def _select(kb: KnowledgeBase, topics: Sequence[str] | None) -> list[Topic]:
+    if topics is None:
+        return list(kb.topics.values())
+    if isinstance(topics, str):
+        topics = [topics]
+    unknown = [t for t in topics if t not in kb.topics]
+    if unknown:
+        raise GuidanceError(f"unknown guidance topic(s) {unknown}; valid topic ids: {', '.join(kb.topics)}")
+    return [kb.topics[t] for t in dict.fromkeys(topics)]
+
+
+def topics_for_differential(differential: Iterable[str]) -> list[str]:
+    """The topic ids to show for a lesion's differential, in display order without duplicates.
+
+    Kept as data (``DIFFERENTIAL_TOPICS``) so the clinical choice of what to show is reviewable in one
+    place; an unknown differential entry is an error rather than silently showing nothing.
+    """
+    if isinstance(differential, str):
+        differential = [differential]
+    chosen: dict[str, None] = {}
+    for entry in differential:
+        key = str(entry).strip().lower()
+        if key not in DIFFERENTIAL_TOPICS:
+            raise GuidanceError(
+                f"unknown differential entry {entry!r}; valid entries: {', '.join(DIFFERENTIAL_TOPICS)}"
+            )
+        chosen.update(dict.fromkeys(DIFFERENTIAL_TOPICS[key]))
+    known = load_guidance().topics
+    missing = [t for t in chosen if t not in known]
+    if missing:  # a data error in this module, not the caller's
+        raise GuidanceError(f"DIFFERENTIAL_TOPICS names topics that do not exist: {missing}")
+    return list(chosen)
+
+
+def _markers(citations: Iterable[str]) -> str:
+    return " ".join(f"[{c}]" for c in citations)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(kb: KnowledgeBase, *, topics: Sequence[str] | None = None, include_sources: bool = True) -> str:
+    """Render topics as Markdown for the guidance panel and reports.
+
+    Every bullet and table row ends with its citation markers (the source ids, e.g. ``[Heath2008]``),
+    and the Sources section resolves each marker to a file name and title or a reference and PMID, so a
+    reader can check any statement. Unknown topic ids raise ``GuidanceError`` listing the valid ones.
+    """
+    chosen = _select(kb, topics)
+    lines: list[str] = [f"> {NOTE}", ""]
+    for topic in chosen:
+        lines += [f"## {topic.title}", "", f"*{topic.audience_summary}*", ""]
+        lines += [f"- {fact.text} {_markers(fact.citations)}" for fact in topic.facts]
+        lines.append("")
+        for table in topic.tables:
+            lines += [f"**{table.title}**", ""]
+            lines.append("| " + " | ".join(_cell(c) for c in (*table.columns, "Sources")) + " |")
+            lines.append("|" + "---|" * (len(table.columns) + 1))
+            for row in table.rows:
+                lines.append("| " + " | ".join(_cell(c) for c in (*row.cells, _markers(row.citations))) + " |")
+            lines.append("")
+        if topic.related:
+            see_also = ", ".join(kb.topics[r].title for r in topic.related)
+            lines += [f"See also: {see_also}.", ""]
+    if include_sources:
+        lines += ["## Sources", ""]
+        for source_id in kb.cited_source_ids(t.id for t in chosen):
+            source = kb.sources[source_id]
+            line = f"- [{source.id}] {source.label}"
+            if source.url:
+                line += f" <{source.url}>"
+            if source.via:
+                line += f" (via {source.via})"
+            if source.reliability_note:
+                line += f". Note: {source.reliability_note}"
+            lines.append(line)
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _source_json(source: Source) -> dict[str, Any]:
+    return {
+        "id": source.id,
+        "kind": source.kind,
+        "title": source.title,
+        "publisher": source.publisher,
+        "file": source.file,
+        "reference": source.reference,
+        "pmid": source.pmid,
+        "url": source.url,
+        "via": source.via,
+        "reliability_note": source.reliability_note,
+        "label": source.label,
+    }
+
+
+def to_json(kb: KnowledgeBase, *, topics: Sequence[str] | None = None) -> dict[str, Any]:
+    """A JSON-safe dict of the chosen topics (all by default) for the web app and API.
+
+    Each citation is resolved to its id and one-line label so a client can show it without a second
+    lookup; ``sources`` holds the full entries of the sources those topics cite.
+    """
+    chosen = _select(kb, topics)
+
+    def cites(ids: Iterable[str]) -> list[dict[str, str]]:
+        return [{"id": i, "label": kb.sources[i].label} for i in ids]
+
+    return {
+        "note": NOTE,
+        "topics": [
+            {
+                "id": topic.id,
+                "title": topic.title,
+                "audience_summary": topic.audience_summary,
+                "facts": [{"text": f.text, "citations": cites(f.citations)} for f in topic.facts],
+                "tables": [
+                    {
+                        "title": table.title,
+                        "columns": list(table.columns),
+                        "rows": [{"cells": list(r.cells), "citations": cites(r.citations)} for r in table.rows],
+                    }
+                    for table in topic.tables
+                ],
+                "related": list(topic.related),
+            }
+            for topic in chosen
+        ],
+        "sources": {i: _source_json(kb.sources[i]) for i in kb.cited_source_ids(t.id for t in chosen)},
+    }

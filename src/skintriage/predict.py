@@ -1,0 +1,204 @@
+"""From an image to a referral: the one call the demo and ``skintriage predict`` make.
+
+:class:`Predictor` holds a loaded bundle and runs, per image: the bundle's preprocessing, one forward
+pass (logits and the embedding the uncertainty gate needs), temperature scaling, the uncertainty gate,
+the referral engine and, on request, Grad-CAM. It keeps no state between calls, so one predictor serves
+concurrent requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from skintriage import DISCLAIMER
+from skintriage.calibration import class_balanced_probabilities, probabilities_at_temperature
+from skintriage.checkpoint import DEFAULT_BUNDLE, Bundle, load_bundle
+from skintriage.data.dataset import prepare_pixels
+from skintriage.data.images import ImageDecodeError, decode_image
+from skintriage.explain import overlay, saliency
+from skintriage.guidance import topics_for_differential
+from skintriage.inference import decision_prior, eval_preset, forward
+from skintriage.metrics import malignant_columns
+from skintriage.referral import ClinicalContext, ReferralDecision, ReferralPolicy, decide
+from skintriage.taxonomy import DIAGNOSES, TriageGroup
+from skintriage.uncertainty import Uncertainty, UncertaintyGate
+
+
+@dataclass
+class Prediction:
+    file: str | None
+    probabilities: dict[str, float]  # calibrated, per diagnosis code, in the bundle's class order
+    triage_probabilities: dict[str, float]  # summed per triage group (mcc and metastasis: always 0, no such class)
+    malignancy_probability: float
+    class_call: str  # the bundle's class decision (plain or class-balanced arg-max)
+    uncertainty: Uncertainty | None
+    referral: ReferralDecision
+    guidance_topics: list[str]
+    heatmap: np.ndarray | None = None  # Grad-CAM of the class call on the model input, when asked for
+
+    def to_dict(self) -> dict:
+        """The JSON shape of ``skintriage predict --json`` and the demo's ``/triage`` endpoint."""
+        return {
+            "file": self.file,
+            "probabilities": self.probabilities,
+            "triage_probabilities": self.triage_probabilities,
+            "malignancy_probability": self.malignancy_probability,
+            "class_call": {"code": self.class_call, "name": DIAGNOSES[self.class_call].name},
+            "uncertainty": None if self.uncertainty is None else self.uncertainty.score,
+            "uncertainty_detail": None if self.uncertainty is None else self.uncertainty.to_dict(),
+            "referral": {
+                "level": self.referral.level,
+                "meaning": self.referral.meaning,
+                "reasons": [reason.text for reason in self.referral.reasons],
+                "rules": [reason.rule for reason in self.referral.reasons],
+            },
+            "differential": [
+                {"condition": d.condition, "name": d.name, "why": d.why} for d in self.referral.differential
+            ],
+            "guidance_topics": self.guidance_topics,
+            "limits": self.referral.limits,
+            "disclaimer": DISCLAIMER,
+        }
+
+
+@dataclass(frozen=True)
+class FileError:
+    """A file that could not be predicted, and why (the batch carries on with the others)."""
+
+    file: str
+    error: str
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "error": self.error}
+
+
+class Predictor:
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.classes = bundle.classes
+        self.preset = eval_preset(bundle)
+        self.device = next(bundle.model.parameters()).device
+        self.policy = ReferralPolicy.from_metadata(bundle.metadata)
+        self.gate = (
+            UncertaintyGate.from_bundle_parts(bundle.uncertainty_tensors, bundle.metadata["uncertainty"])
+            if bundle.uncertainty_tensors is not None
+            else None
+        )
+        self.prior = decision_prior(bundle)
+        self.malignant_indices = np.flatnonzero(malignant_columns(self.classes)).tolist()
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, *, device: str | torch.device = "cpu") -> Predictor:
+        """The bundled model by default (``models/default``)."""
+        return cls(load_bundle(DEFAULT_BUNDLE if path is None else path, device=device))
+
+    def input_tensor(self, image: Image.Image) -> torch.Tensor:
+        """The (1, 3, S, S) tensor the model sees for a decoded RGB image."""
+        return self.preset(prepare_pixels(image, mask_watermark=False)).unsqueeze(0).to(self.device)
+
+    def predict(
+        self,
+        image: Image.Image,
+        context: ClinicalContext | None = None,
+        *,
+        with_saliency: bool = False,
+        file: str | None = None,
+    ) -> Prediction:
+        pixels = self.input_tensor(image)
+        with torch.inference_mode():
+            logits, embedding = forward(self.bundle.model, pixels)
+        heatmap = None
+        if with_saliency:
+            class_index = self.classes.index(self._class_call(self._calibrated(logits.float().cpu().numpy())[0]))
+            heatmap = saliency(self.bundle.model, pixels, class_index=class_index).heatmap
+        return self._predictions(logits, embedding, [context], [file], [heatmap])[0]
+
+    def predict_batch(
+        self, images: Sequence[Image.Image], context: ClinicalContext | None = None, *, files: Sequence[str] = ()
+    ) -> list[Prediction]:
+        """One forward pass for several images (no saliency): what folder prediction uses."""
+        pixels = torch.cat([self.input_tensor(image) for image in images])
+        with torch.inference_mode():
+            logits, embedding = forward(self.bundle.model, pixels)
+        files = list(files) or [None] * len(images)
+        return self._predictions(logits, embedding, [context] * len(images), files, [None] * len(images))
+
+    def predict_files(
+        self, paths: Iterable[Path], context: ClinicalContext | None = None, *, batch_size: int = 32
+    ) -> Iterator[Prediction | FileError]:
+        """Predictions for files in order; an unreadable file yields a :class:`FileError` and the rest go on."""
+        batch: list[tuple[str, Image.Image]] = []
+
+        def flush() -> Iterator[Prediction]:
+            if batch:
+                yield from self.predict_batch([i for _, i in batch], context, files=[f for f, _ in batch])
+                batch.clear()
+
+        for path in paths:
+            try:
+                batch.append((str(path), decode_image(path, name=str(path))))
+            except (ImageDecodeError, OSError) as error:
+                yield from flush()
+                yield FileError(str(path), str(error))
+                continue
+            if len(batch) >= batch_size:
+                yield from flush()
+        yield from flush()
+
+    def overlay(self, image: Image.Image, heatmap: np.ndarray) -> Image.Image:
+        """The heatmap drawn over the part of ``image`` the model saw."""
+        crop_fraction = float(self.bundle.metadata["preprocessing"].get("crop_fraction", 1.0))
+        return overlay(image.convert("RGB"), heatmap, crop_fraction=crop_fraction)
+
+    def decide(
+        self, probabilities: dict[str, float], uncertainty: Uncertainty | None, context: ClinicalContext | None
+    ) -> ReferralDecision:
+        return decide(probabilities, uncertainty, context, self.policy)
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _calibrated(self, logits: np.ndarray) -> np.ndarray:
+        return probabilities_at_temperature(logits, self.bundle.temperature)
+
+    def _class_call(self, probabilities: np.ndarray) -> str:
+        scored = (
+            probabilities if self.prior is None else class_balanced_probabilities(probabilities[None], self.prior)[0]
+        )
+        return self.classes[int(np.argmax(scored))]
+
+    def _predictions(self, logits, embedding, contexts, files, heatmaps) -> list[Prediction]:
+        probabilities = self._calibrated(logits.float().cpu().numpy())
+        uncertainties = (
+            self.gate.assess(embedding.float().cpu().numpy(), probabilities)
+            if self.gate is not None
+            else [None] * len(probabilities)
+        )
+        out = []
+        for p, uncertainty, context, file, heatmap in zip(
+            probabilities, uncertainties, contexts, files, heatmaps, strict=True
+        ):
+            named = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
+            groups = {group.value: 0.0 for group in TriageGroup}
+            for code, value in named.items():
+                groups[DIAGNOSES[code].group.value] += value
+            decision = self.decide(named, uncertainty, context)
+            out.append(
+                Prediction(
+                    file=file,
+                    probabilities=named,
+                    triage_probabilities=groups,
+                    malignancy_probability=float(min(1.0, sum(p[self.malignant_indices]))),
+                    class_call=self._class_call(p),
+                    uncertainty=uncertainty,
+                    referral=decision,
+                    guidance_topics=topics_for_differential(d.condition for d in decision.differential),
+                    heatmap=heatmap,
+                )
+            )
+        return out

@@ -1,0 +1,161 @@
+"""The demo (app.py) as users meet it: started as a process on the bundled model, called through
+gradio_client, and driven in headless Chromium. Screenshots go to tmp_path, and also to
+$SKINTRIAGE_SCREENSHOTS when set (that is how docs/ screenshots are regenerated)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_harness import (
+    browser_page,
+    chromium_browser,
+    json_value,
+    label_value,
+    open_app,
+    require_chromium,
+    running_app,
+    upload_image,
+    wait_for_text,
+)
+from conftest import SHARED_DATA
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ISIC_TEST = SHARED_DATA / "ham10000_isic2018_224" / "images" / "isic2018_test"
+MELANOMA = "ISIC_0034529.jpg"  # ground truth mel in the official test labels
+
+
+def lesion_photo(path: Path) -> Path:
+    """A brown blob on skin tone: a stand-in lesion when the real test images are absent."""
+    yy, xx = np.mgrid[0:240, 0:320]
+    inside = ((yy - 120) / 70) ** 2 + ((xx - 160) / 90) ** 2 < 1
+    rgb = np.where(inside[..., None], [110, 70, 50], [225, 180, 160]).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(-12, 12, rgb.shape)
+    Image.fromarray(np.clip(rgb + noise, 0, 255).astype(np.uint8)).save(path, quality=92)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_session(tmp_path_factory):
+    """(base_url, upload cache folder, examples folder, a real or stand-in lesion image)."""
+    root = tmp_path_factory.mktemp("app")
+    examples = root / "examples"
+    examples.mkdir()
+    if (ISIC_TEST / MELANOMA).is_file():
+        image = shutil.copy(ISIC_TEST / MELANOMA, root / MELANOMA)
+        shutil.copy(ISIC_TEST / MELANOMA, examples / MELANOMA)
+    else:
+        image = lesion_photo(root / "lesion.jpg")
+        shutil.copy(image, examples / "lesion.jpg")
+    cache = root / "gradio-cache"
+    with running_app(["--examples", str(examples)], cwd=REPO, env={"GRADIO_TEMP_DIR": str(cache)}) as url:
+        yield url, cache, examples, Path(image)
+
+
+def save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("SKINTRIAGE_SCREENSHOTS"):
+        target = Path(os.environ["SKINTRIAGE_SCREENSHOTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / name)
+    assert path.stat().st_size > 10_000
+    with Image.open(path) as shot:
+        assert shot.width == 1400
+    return path
+
+
+def test_triage_api_returns_the_referral_card_and_guidance(app_session):
+    from gradio_client import Client, handle_file
+
+    url, cache, _, image = app_session
+    client = Client(url, verbose=False)
+    card, label, overlay, guidance, raw = client.predict(
+        handle_file(str(image)),
+        72,
+        "face",
+        ["Asymptomatic (not tender)", "Expanding rapidly (within 3 months)"],
+        api_name="/triage",
+    )
+    # the card's data: level, reasons, differential, limits, disclaimer
+    assert raw["referral"]["level"] in {"urgent", "refer", "routine"}
+    assert "aeiou_features" in raw["referral"]["rules"]  # 4 AEIOU features given: age 72, face, A, E
+    assert any("AEIOU" in reason for reason in raw["referral"]["reasons"])
+    assert raw["referral"]["level"] != "routine"
+    assert "mcc" in [entry["condition"] for entry in raw["differential"]]
+    assert any("never seen Merkel cell carcinoma" in limit for limit in raw["limits"])
+    assert "not a medical device" in raw["disclaimer"]
+    assert abs(sum(raw["probabilities"].values()) - 1) < 1e-6
+    assert isinstance(raw["uncertainty"], float)
+    # the same decision rendered, the guidance for an MCC differential, the saliency overlay
+    assert f'data-level="{raw["referral"]["level"]}"' in card
+    assert "not a medical device" in card
+    assert "Immunohistochemistry" in guidance and "CK20" in guidance and "## Sources" in guidance
+    assert label["label"] and len(label["confidences"]) == 5
+    with Image.open(overlay) as shown, Image.open(image) as original:
+        assert shown.size == original.size
+    # the upload is gone from the server's upload cache once read
+    assert not [p for p in cache.rglob(image.name)], "the uploaded image was left in the upload cache"
+
+
+def test_triage_api_refuses_a_missing_image_with_a_message(app_session):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_session[0], verbose=False)
+    with pytest.raises(AppError, match="Upload a photograph"):
+        client.predict(None, None, None, [], api_name="/triage")
+
+
+def test_browser_triage_shows_the_referral_card(app_session, tmp_path):
+    require_chromium()
+    url, _, _, image = app_session
+    with chromium_browser() as browser, browser_page(browser) as page:
+        open_app(page, url, ready_elem_id="upload")
+        upload_image(page, "upload", image)
+        page.get_by_label("Age (years)").first.fill("72")
+        page.get_by_label("Asymptomatic (not tender)").first.check()
+        page.click("#assess")
+        card = wait_for_text(page, "referral-card", "Why", timeout_ms=60_000)
+        level = page.locator("#referral-card [data-testid=referral-level]").inner_text()
+        assert level in {"URGENT REFERRAL", "REFER", "ROUTINE REVIEW"}
+        assert "Malignancy probability" in card and "not a medical device" in card
+        headline, shown = label_value(page, "probabilities")
+        assert headline in shown and len(shown) == 5
+        page.locator("#saliency img").wait_for()
+        raw = json_value(page, "triage-json") if page.locator("#triage-json .json-holder").count() else None
+        if raw is not None:
+            assert raw["referral"]["level"] in level.lower()
+        save_screenshot(page, tmp_path, "demo_triage.png")
+
+
+def test_browser_referral_criteria_tab_reacts_to_context(app_session, tmp_path):
+    require_chromium()
+    url = app_session[0]
+    with chromium_browser() as browser, browser_page(browser) as page:
+        open_app(page, url, ready_elem_id="upload")
+        page.get_by_role("tab", name="Referral criteria").click()
+        wait_for_text(page, "criteria-card", "ROUTINE REVIEW")  # probability 0.10, no context: nothing fires
+        page.locator("#criteria-card").page.get_by_label("Previous Merkel cell carcinoma").last.check()
+        text = wait_for_text(page, "criteria-card", "URGENT REFERRAL")
+        assert "recurrence" in text
+        save_screenshot(page, tmp_path, "demo_referral_criteria.png")
+
+
+def test_browser_workup_guide_and_model_card_tabs(app_session, tmp_path):
+    require_chromium()
+    url = app_session[0]
+    with chromium_browser() as browser, browser_page(browser) as page:
+        open_app(page, url, ready_elem_id="upload")
+        page.get_by_role("tab", name="Work-up guide").click()
+        guide = wait_for_text(page, "workup-guide", "Sources")
+        for topic in ("AEIOU", "Immunohistochemistry", "Ki-67", "5-HIAA", "DOTATATE"):
+            assert topic in guide
+        save_screenshot(page, tmp_path, "demo_workup_guide.png")
+        page.get_by_role("tab", name="About the model").click()
+        card = wait_for_text(page, "model-card", "Merkel")
+        assert "isic2018_test" in card and "balanced accuracy" in card
