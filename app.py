@@ -60,7 +60,8 @@ def example_images(folder: Path) -> list[str]:
 
 def context_from(age: float | None, site: str | None, flags: list[str]) -> ClinicalContext:
     chosen = {CONTEXT_FLAGS[label]: True for label in flags or []}
-    return ClinicalContext(age=None if age is None else int(age), site=site or None, **chosen)
+    # an empty gr.Number arrives as 0 (gradio shows 0 for no value): read 0 as "not given"
+    return ClinicalContext(age=int(age) if age else None, site=site or None, **chosen)
 
 
 def digest(path: str | Path) -> str:

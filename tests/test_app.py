@@ -27,6 +27,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 ISIC_TEST = SHARED_DATA / "ham10000_isic2018_224" / "images" / "isic2018_test"
 MELANOMA = "ISIC_0034529.jpg"  # ground truth mel in the official test labels
+NAEVUS = "ISIC_0034524.jpg"  # ground truth nv; the example gallery's image (uploads differ from it)
 
 
 def lesion_photo(path: Path) -> Path:
@@ -47,10 +48,10 @@ def app_session(tmp_path_factory):
     examples.mkdir()
     if (ISIC_TEST / MELANOMA).is_file():
         image = shutil.copy(ISIC_TEST / MELANOMA, root / MELANOMA)
-        shutil.copy(ISIC_TEST / MELANOMA, examples / MELANOMA)
+        shutil.copy(ISIC_TEST / NAEVUS, examples / NAEVUS)
     else:
         image = lesion_photo(root / "lesion.jpg")
-        shutil.copy(image, examples / "lesion.jpg")
+        Image.open(image).rotate(90, expand=True).save(examples / "example.jpg")
     cache = root / "gradio-cache"
     with running_app(["--examples", str(examples)], cwd=REPO, env={"GRADIO_TEMP_DIR": str(cache)}) as url:
         yield url, cache, examples, Path(image)
