@@ -98,9 +98,9 @@ class Predictor:
         """The bundled model by default (``models/default``)."""
         return cls(load_bundle(DEFAULT_BUNDLE if path is None else path, device=device))
 
-    def input_tensor(self, image: Image.Image) -> torch.Tensor:
-        """The (1, 3, S, S) tensor the model sees for a decoded RGB image."""
-        return self.preset(prepare_pixels(image, mask_watermark=False)).unsqueeze(0).to(self.device)
+    def input_tensor(self, image: Image.Image, *, mask_watermark: bool = False) -> torch.Tensor:
+        """The (1, 3, S, S) tensor the model sees for a decoded RGB image (``mask_watermark``: a DermNet photo)."""
+        return self.preset(prepare_pixels(image, mask_watermark=mask_watermark)).unsqueeze(0).to(self.device)
 
     def predict(
         self,
@@ -120,10 +120,15 @@ class Predictor:
         return self._predictions(logits, embedding, [context], [file], [heatmap])[0]
 
     def predict_batch(
-        self, images: Sequence[Image.Image], context: ClinicalContext | None = None, *, files: Sequence[str] = ()
+        self,
+        images: Sequence[Image.Image],
+        context: ClinicalContext | None = None,
+        *,
+        files: Sequence[str] = (),
+        mask_watermark: bool = False,
     ) -> list[Prediction]:
         """One forward pass for several images (no saliency): what folder prediction uses."""
-        pixels = torch.cat([self.input_tensor(image) for image in images])
+        pixels = torch.cat([self.input_tensor(image, mask_watermark=mask_watermark) for image in images])
         with torch.inference_mode():
             logits, embedding = forward(self.bundle.model, pixels)
         files = list(files) or [None] * len(images)
