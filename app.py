@@ -107,7 +107,8 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         )
         label = {DIAGNOSES[c].name: p for c, p in prediction.probabilities.items()}
         guidance = render_markdown(kb, topics=prediction.guidance_topics) if prediction.guidance_topics else ""
-        return card, label, predictor.overlay(image, prediction.heatmap), guidance, prediction.to_dict()
+        shown = predictor.overlay(image, prediction.heatmap)
+        return card, label, shown, prediction.saliency_note, guidance, prediction.to_dict()
 
     def explore(malignancy, non_pigmented, out_of_distribution, low_confidence, age, site, flags):
         try:
@@ -149,15 +150,16 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                     with gr.Row():
                         probabilities = gr.Label(label="Calibrated probabilities (training case mix)", num_top_classes=5,
                                                  elem_id="probabilities")  # fmt: skip
-                        overlay = gr.Image(label="Grad-CAM saliency for the class call",
+                        overlay = gr.Image(label="Grad-CAM: what raised the malignancy probability",
                                            elem_id="saliency", interactive=False)  # fmt: skip
+                    saliency_note = gr.Markdown(elem_id="saliency-note")
                     guidance = gr.Markdown(elem_id="guidance")
                     with gr.Accordion("Raw output (JSON)", open=False):
                         raw = gr.JSON(elem_id="triage-json")
             assess.click(
                 triage,
                 inputs=[image, age, site, flags],
-                outputs=[card, probabilities, overlay, guidance, raw],
+                outputs=[card, probabilities, overlay, saliency_note, guidance, raw],
                 api_name="triage",
             )
         with gr.Tab("Referral criteria"):

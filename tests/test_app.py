@@ -75,7 +75,7 @@ def test_triage_api_returns_the_referral_card_and_guidance(app_session):
 
     url, cache, _, image = app_session
     client = Client(url, verbose=False)
-    card, label, overlay, guidance, raw = client.predict(
+    card, label, overlay, saliency_note, guidance, raw = client.predict(
         handle_file(str(image)),
         72,
         "face",
@@ -97,6 +97,7 @@ def test_triage_api_returns_the_referral_card_and_guidance(app_session):
     assert "not a medical device" in card
     assert "Immunohistochemistry" in guidance and "CK20" in guidance and "## Sources" in guidance
     assert label["label"] and len(label["confidences"]) == 5
+    assert saliency_note.startswith("Grad-CAM") and raw["saliency"] == saliency_note
     with Image.open(overlay) as shown, Image.open(image) as original:
         assert shown.size == original.size
     # the upload is gone from the server's upload cache once read

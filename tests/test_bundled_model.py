@@ -58,12 +58,21 @@ def test_predict_reports_probabilities_and_refuses_a_broken_file(bundle_dir: Pat
     result = runner.invoke(app, ["predict", str(image), str(broken), "--json"])
 
     assert result.exit_code == 1
-    assert "broken.jpg" in result.stderr
-    output = json.loads(result.stdout)
-    assert "not a medical device" in output["disclaimer"]
-    (prediction,) = output["results"]
-    assert math.isclose(sum(prediction["probabilities"].values()), 1.0, abs_tol=1e-6)
-    assert prediction["refer"] == (prediction["malignancy_score"] >= prediction["referral_threshold"])
+    prediction, error = (json.loads(line) for line in result.stdout.splitlines())  # JSON Lines, in argument order
+    assert prediction["file"] == str(image)
+    assert "not a medical device" in prediction["disclaimer"]
+    assert math.isclose(sum(prediction["probabilities"].values()), 1.0, abs_tol=1e-5)
+    metadata = json.loads((bundle_dir / "model.json").read_text(encoding="utf-8"))
+    referral_threshold = metadata["calibration"]["referral_threshold"]
+    image_rules = {"malignancy_above_referral_threshold", "malignancy_above_urgent_threshold"}
+    assert bool(image_rules & set(prediction["referral"]["rules"])) == (
+        prediction["malignancy_probability"] >= referral_threshold
+    )
+    assert prediction["referral"]["level"] in {"routine", "refer", "urgent"}
+    assert error == {
+        "file": str(broken),
+        "error": f"{broken}: not a recognised image file (JPEG, PNG, TIFF, BMP, GIF, WebP)",
+    }
 
 
 def test_evaluate_reproduces_the_committed_isic_2018_test_metrics(bundle_dir: Path, tmp_path: Path) -> None:

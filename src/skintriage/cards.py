@@ -35,7 +35,7 @@ def referral_card_html(
     if class_call is not None:
         facts.append(f"class call <b>{escape(DIAGNOSES[class_call].name)}</b> (adjusted for class frequency)")
     if uncertainty is not None:
-        facts.append(f"uncertainty <b>{uncertainty:.2f}</b> (1 or more: cannot assess)")
+        facts.append(f"uncertainty <b>{uncertainty:.2f}</b> (above 1: cannot assess)")
     reasons = "".join(f"<li>{escape(r.text)}</li>" for r in decision.reasons)
     differential = "".join(f"<li><b>{escape(d.name)}</b>: {escape(d.why)}</li>" for d in decision.differential)
     limits = "".join(f"<li>{escape(text)}</li>" for text in decision.limits)

@@ -314,6 +314,7 @@ def predict_command(
     from skintriage.data.images import ImageDecodeError, decode_image
     from skintriage.predict import FileError, Predictor
     from skintriage.referral import ClinicalContext
+    from skintriage.taxonomy import DIAGNOSES
 
     try:
         context = ClinicalContext(
@@ -360,7 +361,7 @@ def predict_command(
             level = result.referral.level.upper()
             console.print(
                 f"[bold]{result.file}[/bold]: {level} (malignancy probability {result.malignancy_probability:.2f}; "
-                f"most likely {result.class_call})",
+                f"class call {DIAGNOSES[result.class_call].name})",
                 highlight=False,
             )
             for reason in result.referral.reasons:

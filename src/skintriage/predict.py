@@ -40,7 +40,16 @@ class Prediction:
     uncertainty: Uncertainty | None
     referral: ReferralDecision
     guidance_topics: list[str]
-    heatmap: np.ndarray | None = None  # Grad-CAM of the class call on the model input, when asked for
+    heatmap: np.ndarray | None = None  # Grad-CAM of the malignancy probability on the model input, when asked for
+
+    @property
+    def saliency_note(self) -> str | None:
+        """What the overlay shows, in words (``None`` without saliency)."""
+        if self.heatmap is None:
+            return None
+        if not self.heatmap.any():
+            return "Grad-CAM: no region of the image raised the malignancy probability (the overlay is empty)."
+        return "Grad-CAM: brighter regions raised the malignancy probability most (coarse: a 4x4 grid at 128 px)."
 
     def to_dict(self) -> dict:
         """The JSON shape of ``skintriage predict --json`` and the demo's ``/triage`` endpoint."""
@@ -62,6 +71,7 @@ class Prediction:
                 {"condition": d.condition, "name": d.name, "why": d.why} for d in self.referral.differential
             ],
             "guidance_topics": self.guidance_topics,
+            "saliency": self.saliency_note,
             "limits": self.referral.limits,
             "disclaimer": DISCLAIMER,
         }
@@ -114,9 +124,14 @@ class Predictor:
         with torch.inference_mode():
             logits, embedding = forward(self.bundle.model, pixels)
         heatmap = None
-        if with_saliency:
-            class_index = self.classes.index(self._class_call(self._calibrated(logits.float().cpu().numpy())[0]))
-            heatmap = saliency(self.bundle.model, pixels, class_index=class_index).heatmap
+        if with_saliency:  # explain the referral (malignancy), which localises lesions far better than the class
+            heatmap = saliency(
+                self.bundle.model,
+                pixels,
+                target="malignancy",
+                malignant_indices=self.malignant_indices,
+                temperature=self.bundle.temperature,
+            ).heatmap
         return self._predictions(logits, embedding, [context], [file], [heatmap])[0]
 
     def predict_batch(

@@ -116,6 +116,12 @@ class ReferralPolicy:
       or plaques (SCC, the DermNet "other malignant" group); MCC is red or pink in 56% (Heath et al.).
     * ``non_pigmented_share`` (0.5): that pattern counts when these classes hold at least half of the
       malignancy probability; a project choice.
+    * ``mcc_mimic_classes``: benign classes MCC is often mistaken for; 56% of MCC were thought benign at
+      biopsy, most often a cyst or acne-like lesion (Heath et al.). A lesion the model calls one of
+      these is referred when the context adds rapid growth or ``mcc_mimic_min_features`` (2) AEIOU
+      features; a project choice, so that an angioma without context is not referred.
+    * ``target_sensitivity``, ``urgent_specificity``, ``ood_quantile``, ``low_confidence_quantile``: the
+      validation targets the thresholds were chosen for, quoted in the reasons.
     """
 
     referral_threshold: float
@@ -124,6 +130,12 @@ class ReferralPolicy:
     aeiou_age: int = 50
     non_pigmented_classes: tuple[str, ...] = ("scc", "other_malignant")
     non_pigmented_share: float = 0.5
+    mcc_mimic_classes: tuple[str, ...] = ("vasc", "other_benign")
+    mcc_mimic_min_features: int = 2
+    target_sensitivity: float = 0.95
+    urgent_specificity: float = 0.95
+    ood_quantile: float = 0.99
+    low_confidence_quantile: float = 0.95
 
     def __post_init__(self) -> None:
         if not 0.0 < self.referral_threshold <= self.urgent_threshold <= 1.0:
@@ -131,9 +143,9 @@ class ReferralPolicy:
                 f"need 0 < referral_threshold ({self.referral_threshold}) <= urgent_threshold "
                 f"({self.urgent_threshold}) <= 1"
             )
-        unknown = [c for c in self.non_pigmented_classes if c not in DIAGNOSES]
+        unknown = [c for c in (*self.non_pigmented_classes, *self.mcc_mimic_classes) if c not in DIAGNOSES]
         if unknown:
-            raise ValueError(f"non_pigmented_classes {unknown} are not diagnoses of the taxonomy")
+            raise ValueError(f"non_pigmented_classes / mcc_mimic_classes {unknown} are not diagnoses of the taxonomy")
 
     @classmethod
     def from_metadata(cls, metadata: Mapping) -> ReferralPolicy:
@@ -144,9 +156,14 @@ class ReferralPolicy:
                 "the model bundle has no calibrated referral and urgent thresholds (calibration.referral_threshold, "
                 "calibration.urgent.threshold); run `skintriage fit-gates --checkpoint DIR`"
             )
+        gate = metadata.get("uncertainty") or {}
         return cls(
             referral_threshold=float(calibration["referral_threshold"]),
             urgent_threshold=float(calibration["urgent"]["threshold"]),
+            target_sensitivity=float(calibration.get("target_sensitivity", 0.95)),
+            urgent_specificity=float(calibration["urgent"].get("target_specificity", 0.95)),
+            ood_quantile=float(gate.get("ood_quantile", 0.99)),
+            low_confidence_quantile=float(gate.get("low_confidence_quantile", 0.95)),
         )
 
 
@@ -192,8 +209,9 @@ def malignant_share(probabilities: Mapping[str, float], classes: Sequence[str]) 
     return sum(p for c, p in malignant.items() if c in classes) / total if total > 0 else 0.0
 
 
-def top_malignant(probabilities: Mapping[str, float], n: int = 2) -> list[tuple[str, float]]:
-    malignant = [(c, p) for c, p in probabilities.items() if is_malignant(DIAGNOSES[c].group)]
+def top_malignant(probabilities: Mapping[str, float], n: int = 2, *, floor: float = 0.01) -> list[tuple[str, float]]:
+    """The ``n`` most likely malignant classes with at least ``floor`` probability."""
+    malignant = [(c, p) for c, p in probabilities.items() if is_malignant(DIAGNOSES[c].group) and p >= floor]
     return sorted(malignant, key=lambda item: -item[1])[:n]
 
 
@@ -224,15 +242,16 @@ def decide(
         fire(
             "malignancy_above_urgent_threshold",
             Level.URGENT,
-            f"The image looks malignant: malignancy probability {malignancy:.2f} is at or above the urgent threshold "
-            f"{policy.urgent_threshold:.2f} (95% specificity on validation images).",
+            f"The image looks malignant: malignancy probability {malignancy:.3f} is at or above the urgent threshold "
+            f"{policy.urgent_threshold:.3f} ({policy.urgent_specificity:.0%} specificity on validation images).",
         )
     elif above_referral:
         fire(
             "malignancy_above_referral_threshold",
             Level.REFER,
-            f"Malignancy probability {malignancy:.2f} is at or above the referral threshold "
-            f"{policy.referral_threshold:.2f} (chosen for 95% sensitivity on validation images).",
+            f"Malignancy probability {malignancy:.3f} is at or above the referral threshold "
+            f"{policy.referral_threshold:.3f} (chosen for {policy.target_sensitivity:.0%} sensitivity on validation "
+            "images).",
         )
     share = malignant_share(probabilities, policy.non_pigmented_classes)
     non_pigmented = above_referral and share >= policy.non_pigmented_share
@@ -260,15 +279,15 @@ def decide(
                 "out_of_distribution",
                 Level.REFER,
                 "The model cannot assess this lesion: the image is unlike its training images (more unusual than "
-                "99% of validation images). Its probabilities for this image mean little.",
+                f"{policy.ood_quantile:.0%} of validation images). Its probabilities for this image mean little.",
             )
         if uncertainty.low_confidence:
             fire(
                 "low_confidence",
                 Level.REFER,
                 f"The model cannot assess this lesion: its prediction is too uncertain (normalised entropy "
-                f"{uncertainty.entropy:.2f} above {uncertainty.entropy_threshold:.2f}, the 95th percentile on "
-                "validation images).",
+                f"{uncertainty.entropy:.2f} above {uncertainty.entropy_threshold:.2f}, exceeded by "
+                f"{1 - policy.low_confidence_quantile:.0%} of validation images).",
             )
 
     # 3. clinical context
@@ -288,13 +307,35 @@ def decide(
             Level.REFER,
             f"The patient has a known {primary}: a new skin nodule may be a cutaneous metastasis and needs a biopsy.",
         )
+    if context.rapid_growth:
+        fire(
+            "rapid_growth",
+            Level.REFER,
+            "The lesion is expanding rapidly (within 3 months): a fast-growing nodule needs examination; rapid growth "
+            f"was reported in 63% of MCC ({HEATH_2008}).",
+        )
+    class_call = max(probabilities, key=probabilities.get)
+    mimic = (
+        class_call in policy.mcc_mimic_classes
+        and not above_referral
+        and (context.rapid_growth or len(aeiou) >= policy.mcc_mimic_min_features)
+    )
+    if mimic:
+        fire(
+            "mcc_mimic_with_context",
+            Level.REFER,
+            f"The model reads a benign {DIAGNOSES[class_call].name.lower()}, but with these clinical features "
+            f"({'; '.join(aeiou)}) MCC must be considered: 56% of MCC were thought benign at biopsy, most often a "
+            f"cyst or acne-like lesion ({HEATH_2008}).",
+        )
     if context.prior_mcc:
         fire(
             "prior_mcc",
             Level.URGENT,
             "The patient has had Merkel cell carcinoma: a new lesion may be a recurrence or metastasis.",
         )
-    image_evidence = above_referral or cannot_assess
+    # a bundle without a gate is a property of the model, not evidence about this image
+    image_evidence = above_referral or (uncertainty is not None and uncertainty.cannot_assess)
     context_risk = aeiou_fires or context.known_neuroendocrine_tumour or context.known_other_primary_cancer
     if context_risk and image_evidence:
         fire(
@@ -305,10 +346,12 @@ def decide(
         )
 
     # differential: what the clinician should consider, and why
-    if aeiou_fires or context.prior_mcc or non_pigmented:
+    if aeiou_fires or context.prior_mcc or non_pigmented or mimic:
         why = []
         if aeiou_fires:
             why.append(f"{len(aeiou)} AEIOU features")
+        if mimic:
+            why.append("a benign-looking lesion with MCC risk features")
         if context.prior_mcc:
             why.append("previous MCC")
         if non_pigmented:
@@ -330,7 +373,9 @@ def decide(
             )
         )
     if above_referral:
-        leading = ", ".join(f"{DIAGNOSES[c].name} {p:.2f}" for c, p in top_malignant(probabilities))
+        leading = (
+            ", ".join(f"{DIAGNOSES[c].name} {p:.2f}" for c, p in top_malignant(probabilities)) or "none above 0.01"
+        )
         differential.append(
             DifferentialEntry(
                 TriageGroup.OTHER_MALIGNANT.value,
@@ -357,8 +402,8 @@ def decide(
         reasons.append(
             Reason(
                 "no_rule_fired",
-                f"Malignancy probability {malignancy:.2f} is below the referral threshold "
-                f"{policy.referral_threshold:.2f} and the image is within the model's experience.{given} "
+                f"Malignancy probability {malignancy:.3f} is below the referral threshold "
+                f"{policy.referral_threshold:.3f} and the image is within the model's experience.{given} "
                 "A new, growing or changing nodule still needs clinical examination.",
                 Level.ROUTINE.label,
             )

@@ -17,7 +17,7 @@ images trips it), never on test data:
   (default 0.95) the prediction is too uncertain to act on.
 
 Both are reported together as one number, ``score = max(distance / ood_threshold, entropy /
-entropy_threshold)``: below 1 the image passes both checks, at or above 1 the gate fires.
+entropy_threshold)``: at or below 1 the image passes both checks, above 1 the gate fires.
 
 What it cannot do: an image that resembles training images (a dermoscopic photo of an amelanotic
 Merkel cell carcinoma, say) passes the gate, and the classifier then scores it with classes it has
@@ -67,7 +67,7 @@ def mahalanobis_to_nearest_mean(embeddings: np.ndarray, means: np.ndarray, preci
 
 @dataclass(frozen=True)
 class Uncertainty:
-    """One image's gate result; ``score >= 1`` means the model cannot assess it."""
+    """One image's gate result; ``score > 1`` means the model cannot assess it."""
 
     score: float
     ood_distance: float

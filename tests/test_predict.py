@@ -1,0 +1,343 @@
+"""From an image to a referral on the bundled model: Predictor, its JSON shape, and the predict/guidance commands."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import shared_data, write_image
+from PIL import Image, ImageDraw, ImageFilter
+from typer.testing import CliRunner
+
+from skintriage import DISCLAIMER
+from skintriage.checkpoint import DEFAULT_BUNDLE, METADATA_FILE, load_bundle, save_bundle
+from skintriage.cli import app
+from skintriage.data.images import decode_image
+from skintriage.guidance import load_guidance
+from skintriage.models import create_model
+from skintriage.predict import FileError, Prediction, Predictor
+from skintriage.referral import ClinicalContext, decide
+
+GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+MALIGNANT = ("mel", "bcc", "scc", "akiec", "other_malignant")
+LEVELS = {"urgent", "refer", "routine"}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    if not (DEFAULT_BUNDLE / METADATA_FILE).is_file():
+        pytest.skip(f"no bundled model at {DEFAULT_BUNDLE}")
+    return Predictor.load()
+
+
+def lesion(seed: int = 0, size: tuple[int, int] = (200, 160)) -> Image.Image:
+    """A lesion-like picture: a blurred brown oval on a skin-coloured background, with a little noise."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, (225, 180, 150))
+    width, height = size
+    colour = tuple(int(c) for c in rng.integers(40, 110, size=3))
+    ImageDraw.Draw(image).ellipse((0.3 * width, 0.3 * height, 0.7 * width, 0.7 * height), fill=colour)
+    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(4)), dtype=np.int16)
+    pixels = pixels + rng.integers(-8, 9, size=pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def write_lesion(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lesion(seed).save(path)
+    return path
+
+
+def not_an_image(path: Path) -> Path:
+    path.write_text("this is a text file, not a JPEG", encoding="utf-8")
+    return path
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines at the console width; compare text with all whitespace runs made single spaces."""
+    return " ".join(text.split())
+
+
+# --- Predictor ------------------------------------------------------------------------------------------
+
+
+def test_predict_gives_calibrated_probabilities_groups_and_malignancy_in_bundle_order(predictor: Predictor) -> None:
+    prediction = predictor.predict(lesion())
+    assert list(prediction.probabilities) == predictor.bundle.classes == predictor.classes
+    assert math.isclose(sum(prediction.probabilities.values()), 1.0, abs_tol=1e-5)
+    assert all(0.0 <= p <= 1.0 for p in prediction.probabilities.values())
+
+    groups = prediction.triage_probabilities
+    assert set(groups) == {"mcc", "cutaneous_metastasis", "other_malignant", "benign"}
+    assert math.isclose(sum(groups.values()), 1.0, abs_tol=1e-5)
+    assert groups["mcc"] == 0.0 and groups["cutaneous_metastasis"] == 0.0  # the model has no such class
+
+    malignant_sum = sum(prediction.probabilities[c] for c in MALIGNANT)
+    assert prediction.malignancy_probability == pytest.approx(malignant_sum, abs=1e-6)
+    assert groups["other_malignant"] == pytest.approx(malignant_sum, abs=1e-6)
+    assert prediction.class_call in predictor.classes
+    assert prediction.referral.level in LEVELS
+    assert prediction.uncertainty is not None  # the bundled model has its gate fitted
+    assert prediction.heatmap is None and prediction.file is None
+
+
+def test_the_referral_is_the_engine_applied_to_the_prediction(predictor: Predictor) -> None:
+    context = ClinicalContext(age=72, site="face", asymptomatic=True)
+    prediction = predictor.predict(lesion(1), context)
+    expected = decide(prediction.probabilities, prediction.uncertainty, context, predictor.policy)
+    assert prediction.referral == expected
+    assert predictor.policy.referral_threshold == predictor.bundle.metadata["calibration"]["referral_threshold"]
+
+
+def test_context_changes_the_level_as_the_engine_says(predictor: Predictor) -> None:
+    image = lesion(0)
+    plain = predictor.predict(image)
+    with_prior_mcc = predictor.predict(image, ClinicalContext(prior_mcc=True))
+    assert with_prior_mcc.probabilities == plain.probabilities  # context never changes what the model sees
+    assert with_prior_mcc.referral.level == "urgent"
+    assert "prior_mcc" in [r.rule for r in with_prior_mcc.referral.reasons]
+    assert [d.condition for d in with_prior_mcc.referral.differential][:2] == ["mcc", "cutaneous_metastasis"]
+    assert "immunohistochemistry" in with_prior_mcc.guidance_topics
+
+    aeiou = predictor.predict(image, ClinicalContext(age=80, site="scalp", rapid_growth=True, asymptomatic=True))
+    assert "aeiou_features" in [r.rule for r in aeiou.referral.reasons]
+    assert aeiou.referral.level in {"refer", "urgent"}
+
+
+def test_to_dict_has_the_documented_shape_and_round_trips_through_json(predictor: Predictor) -> None:
+    data = predictor.predict(lesion(2), file="lesion.png").to_dict()
+    assert data["file"] == "lesion.png"
+    assert list(data["probabilities"]) == predictor.classes
+    assert isinstance(data["malignancy_probability"], float)
+    assert isinstance(data["uncertainty"], float) and data["uncertainty"] == data["uncertainty_detail"]["score"]
+    assert data["referral"]["level"] in LEVELS
+    assert data["referral"]["reasons"] and all(isinstance(text, str) for text in data["referral"]["reasons"])
+    assert len(data["referral"]["rules"]) == len(data["referral"]["reasons"])
+    assert isinstance(data["differential"], list)
+    assert all(set(entry) == {"condition", "name", "why"} for entry in data["differential"])
+    assert data["class_call"]["code"] in predictor.classes
+    assert data["disclaimer"] == DISCLAIMER
+    assert any("never seen Merkel cell carcinoma" in limit for limit in data["limits"])
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_predict_batch_equals_predicting_each_image_alone(predictor: Predictor) -> None:
+    images = [lesion(seed, size) for seed, size in ((0, (200, 160)), (3, (128, 128)), (4, (90, 300)))]
+    batch = predictor.predict_batch(images, files=["a", "b", "c"])
+    assert [p.file for p in batch] == ["a", "b", "c"]
+    for image, together in zip(images, batch, strict=True):
+        alone = predictor.predict(image)
+        for code in predictor.classes:
+            assert together.probabilities[code] == pytest.approx(alone.probabilities[code], abs=1e-5)
+        assert together.uncertainty.score == pytest.approx(alone.uncertainty.score, abs=1e-4)
+        assert together.referral.level == alone.referral.level
+
+
+def test_predict_files_reports_an_unreadable_file_and_goes_on(predictor: Predictor, tmp_path: Path) -> None:
+    paths = [
+        write_lesion(tmp_path / "a.png", 0),
+        not_an_image(tmp_path / "fake.jpg"),
+        write_lesion(tmp_path / "b.png", 1),
+        tmp_path / "missing.png",
+        write_lesion(tmp_path / "c.png", 2),
+    ]
+    results = list(predictor.predict_files(paths, batch_size=2))
+    assert [type(r) for r in results] == [Prediction, FileError, Prediction, FileError, Prediction]
+    assert [r.file for r in results] == [str(p) for p in paths]
+    assert "not a recognised image file" in results[1].error and "fake.jpg" in results[1].error
+    assert "file not found" in results[3].error
+    assert results[1].to_dict() == {"file": str(paths[1]), "error": results[1].error}
+    for path, result in zip(paths, results, strict=True):
+        if isinstance(result, Prediction):
+            alone = predictor.predict(decode_image(path))
+            assert result.malignancy_probability == pytest.approx(alone.malignancy_probability, abs=1e-5)
+
+
+def test_saliency_is_a_unit_heatmap_of_the_input_size_and_overlays_at_the_original_size(predictor: Predictor) -> None:
+    image = lesion(0, (200, 160))
+    prediction = predictor.predict(image, with_saliency=True)
+    size = predictor.bundle.metadata["preprocessing"]["input_size"]
+    assert prediction.heatmap.shape == (size, size)
+    assert np.isfinite(prediction.heatmap).all()
+    assert prediction.heatmap.min() >= 0.0 and prediction.heatmap.max() <= 1.0
+    assert prediction.probabilities == pytest.approx(predictor.predict(image).probabilities, abs=1e-5)
+    shown = predictor.overlay(image, prediction.heatmap)
+    assert shown.size == image.size and shown.mode == "RGB"
+
+
+def test_a_non_skin_photo_is_out_of_distribution_and_never_routine(predictor: Predictor) -> None:
+    if not GRACE_HOPPER.is_file():
+        pytest.skip(f"matplotlib's sample photo is absent: {GRACE_HOPPER}")
+    prediction = predictor.predict(decode_image(GRACE_HOPPER))
+    assert prediction.uncertainty.out_of_distribution
+    assert prediction.uncertainty.score > 1.0
+    assert prediction.referral.level != "routine"
+    assert "out_of_distribution" in [r.rule for r in prediction.referral.reasons]
+    assert "cannot_assess" in [d.condition for d in prediction.referral.differential]
+    assert "biopsy" in prediction.guidance_topics
+
+
+def test_real_dermoscopic_images_mostly_pass_the_out_of_distribution_check(predictor: Predictor) -> None:
+    root = shared_data("ham10000_isic2018_224")
+    files = pd.read_csv(root / "isic2018_task3_test_labels.csv")["file"].head(32)
+    results = list(predictor.predict_files(root / f for f in files))
+    assert all(isinstance(r, Prediction) for r in results)
+    assert sum(r.uncertainty.out_of_distribution for r in results) <= 2  # ~1% of validation images trip it
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A 3-class bundle with no calibrated thresholds and no uncertainty gate."""
+    directory = tmp_path_factory.mktemp("tiny") / "bundle"
+    metadata = {"name": "tiny", "classes": ["mel", "nv", "bcc"], "preprocessing": {"input_size": 32}}
+    return save_bundle(directory, create_model("resnet18", num_classes=3, input_size=32), metadata)
+
+
+def test_a_bundle_without_calibrated_thresholds_is_refused_naming_fit_gates(tiny_bundle: Path) -> None:
+    with pytest.raises(ValueError, match="skintriage fit-gates"):
+        Predictor.load(tiny_bundle)
+    image = write_image(tiny_bundle.parent / "x.png", size=(40, 40))
+    result = runner.invoke(app, ["predict", str(image), "--checkpoint", str(tiny_bundle)])
+    assert result.exit_code == 1
+    assert "skintriage fit-gates" in flat(result.output) and "Traceback" not in result.output
+
+
+def test_a_bundle_without_an_uncertainty_gate_says_it_cannot_assess(tiny_bundle: Path, tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(tiny_bundle, tmp_path / "calibrated"))
+    path = directory / METADATA_FILE
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    metadata["calibration"] = {"temperature": 1.0, "referral_threshold": 0.3, "urgent": {"threshold": 0.7}}
+    path.write_text(json.dumps(metadata), encoding="utf-8")
+
+    predictor = Predictor(load_bundle(directory))
+    assert predictor.gate is None
+    prediction = predictor.predict(lesion())
+    assert prediction.uncertainty is None
+    assert "no_uncertainty_gate" in [r.rule for r in prediction.referral.reasons]
+    assert prediction.referral.level != "routine"
+    data = prediction.to_dict()
+    assert data["uncertainty"] is None and data["uncertainty_detail"] is None
+
+
+# --- skintriage predict ---------------------------------------------------------------------------------
+
+
+def test_predict_json_prints_one_object_per_file_with_context_and_an_error_object(tmp_path: Path) -> None:
+    image = write_lesion(tmp_path / "lesion.png")
+    broken = not_an_image(tmp_path / "broken.jpg")
+    args = ["predict", str(image), str(broken), "--json", "--age", "70", "--site", "face"]
+    result = runner.invoke(app, [*args, "--asymptomatic", "--rapid-growth"])
+
+    assert result.exit_code == 1
+    good, bad = json_lines(result.stdout)
+    assert good["file"] == str(image)
+    assert math.isclose(sum(good["probabilities"].values()), 1.0, abs_tol=1e-5)
+    assert good["referral"]["level"] in {"refer", "urgent"}  # four AEIOU features: never routine
+    assert "aeiou_features" in good["referral"]["rules"]
+    aeiou = good["referral"]["reasons"][good["referral"]["rules"].index("aeiou_features")]
+    assert aeiou.startswith("4 of the 5 AEIOU features") and "older than 50 (age 70)" in aeiou
+    assert "UV-exposed site (face)" in aeiou
+    assert "mcc" in [d["condition"] for d in good["differential"]]
+    assert set(bad) == {"file", "error"}
+    assert bad["file"] == str(broken) and "not a recognised image file" in bad["error"]
+
+
+def test_predict_expands_a_folder_to_its_images_in_name_order(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    write_lesion(folder / "b.png", 1)
+    write_lesion(folder / "a.jpg", 0)
+    (folder / "notes.txt").write_text("not an image suffix: skipped", encoding="utf-8")
+    (folder / "nested").mkdir()
+    write_lesion(folder / "nested" / "c.png", 2)  # folders are not recursed into
+
+    result = runner.invoke(app, ["predict", str(folder), "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert [line["file"] for line in json_lines(result.stdout)] == [str(folder / "a.jpg"), str(folder / "b.png")]
+
+
+def test_predict_saliency_writes_an_overlay_per_readable_image(tmp_path: Path) -> None:
+    image = write_lesion(tmp_path / "in" / "mole.png")
+    broken = not_an_image(tmp_path / "in" / "broken.jpg")
+    out = tmp_path / "saliency"
+
+    result = runner.invoke(app, ["predict", str(image), str(broken), "--saliency", str(out), "--json"])
+
+    assert result.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["mole_saliency.png"]
+    with Image.open(out / "mole_saliency.png") as written:
+        assert written.size == Image.open(image).size
+    lines = json_lines(result.stdout)
+    assert [line["file"] for line in lines] == [str(image), str(broken)] and "error" in lines[1]
+
+
+def test_predict_with_an_unknown_site_exits_1_naming_it(tmp_path: Path) -> None:
+    image = write_lesion(tmp_path / "lesion.png")
+    result = runner.invoke(app, ["predict", str(image), "--site", "elbow pit"])
+    assert result.exit_code == 1
+    assert "unknown body site 'elbow pit'" in flat(result.output) and "Traceback" not in result.output
+
+
+def test_predict_human_readable_shows_level_reasons_and_the_disclaimer(tmp_path: Path) -> None:
+    image = write_lesion(tmp_path / "lesion.png")
+    result = runner.invoke(app, ["predict", str(image), "--prior-mcc"])
+    assert result.exit_code == 0, result.output
+    text = flat(result.stdout)
+    assert f"{image}: URGENT (malignancy probability" in text
+    assert "The patient has had Merkel cell carcinoma" in text
+    assert "consider Merkel cell carcinoma:" in text and "consider Cutaneous metastasis:" in text
+    assert flat(DISCLAIMER) in text
+
+
+def test_predict_human_readable_sends_a_bad_file_to_stderr_and_exits_1(tmp_path: Path) -> None:
+    broken = not_an_image(tmp_path / "broken.jpg")
+    result = runner.invoke(app, ["predict", str(broken)])
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.stderr and "not a recognised image file" in result.stderr
+
+
+# --- skintriage guidance --------------------------------------------------------------------------------
+
+
+def test_guidance_markdown_has_every_topic_and_the_sources() -> None:
+    result = runner.invoke(app, ["guidance"])
+    assert result.exit_code == 0, result.output
+    for topic in load_guidance().topics.values():
+        assert f"## {topic.title}" in result.stdout
+    assert "## Sources" in result.stdout
+    assert DISCLAIMER in result.stdout
+
+
+def test_guidance_json_for_one_topic_contains_only_that_topic() -> None:
+    result = runner.invoke(app, ["guidance", "--topic", "immunohistochemistry", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [topic["id"] for topic in data["topics"]] == ["immunohistochemistry"]
+    assert data["disclaimer"] == DISCLAIMER
+    assert data["sources"]  # the sources that topic cites, resolved
+
+
+def test_guidance_unknown_topic_exits_1_listing_the_valid_ids() -> None:
+    result = runner.invoke(app, ["guidance", "--topic", "no_such_topic"])
+    assert result.exit_code == 1
+    message = flat(result.output)
+    assert "no_such_topic" in message
+    for topic_id in load_guidance().topics:
+        assert topic_id in message
+
+
+def test_guidance_refuses_an_unknown_format() -> None:
+    result = runner.invoke(app, ["guidance", "--format", "xml"])
+    assert result.exit_code == 1
+    assert "--format must be md or json, not 'xml'" in flat(result.output)
