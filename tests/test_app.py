@@ -129,9 +129,11 @@ def test_browser_triage_shows_the_referral_card(app_session, tmp_path):
         headline, shown = label_value(page, "probabilities")
         assert headline in shown and len(shown) == 5
         page.locator("#saliency img").wait_for()
-        raw = json_value(page, "triage-json") if page.locator("#triage-json .json-holder").count() else None
-        if raw is not None:
-            assert raw["referral"]["level"] in level.lower()
+        page.get_by_text("Raw output (JSON)").click()
+        page.locator("#triage-json .json-holder").wait_for()
+        raw = json_value(page, "triage-json")
+        assert raw["referral"]["level"] in level.lower()
+        assert raw["referral"]["reasons"][0] in card
         save_screenshot(page, tmp_path, "demo_triage.png")
 
 
@@ -142,7 +144,7 @@ def test_browser_referral_criteria_tab_reacts_to_context(app_session, tmp_path):
         open_app(page, url, ready_elem_id="upload")
         page.get_by_role("tab", name="Referral criteria").click()
         wait_for_text(page, "criteria-card", "ROUTINE REVIEW")  # probability 0.10, no context: nothing fires
-        page.locator("#criteria-card").page.get_by_label("Previous Merkel cell carcinoma").last.check()
+        page.get_by_label("Previous Merkel cell carcinoma").last.check()  # the criteria tab's own checkbox
         text = wait_for_text(page, "criteria-card", "URGENT REFERRAL")
         assert "recurrence" in text
         save_screenshot(page, tmp_path, "demo_referral_criteria.png")
