@@ -164,6 +164,15 @@ def test_predict_files_reports_an_unreadable_file_and_goes_on(predictor: Predict
             assert result.malignancy_probability == pytest.approx(alone.malignancy_probability, abs=1e-5)
 
 
+def test_saliency_reuses_its_forward_pass_and_changes_no_output(predictor: Predictor) -> None:
+    image = lesion(seed=3)
+    plain, explained = predictor.predict(image), predictor.predict(image, with_saliency=True)
+    for code, value in plain.probabilities.items():
+        assert explained.probabilities[code] == pytest.approx(value, abs=1e-6)
+    assert explained.uncertainty.ood_distance == pytest.approx(plain.uncertainty.ood_distance, rel=1e-5)
+    assert explained.referral.level == plain.referral.level
+
+
 def test_saliency_is_a_unit_heatmap_of_the_input_size_and_overlays_at_the_original_size(predictor: Predictor) -> None:
     image = lesion(0, (200, 160))
     prediction = predictor.predict(image, with_saliency=True)

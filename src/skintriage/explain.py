@@ -63,13 +63,15 @@ class Saliency:
 
     ``heatmap`` is (H, W) ``float32`` in [0, 1] at the input tensor's size; ``class_index`` is the class
     explained (``None`` for ``target="malignancy"``); ``logits`` are the model's raw (K,) logits for the
-    image, before any temperature.
+    image, before any temperature; ``embedding`` is the (D,) vector the head read (what the uncertainty
+    gate scores).
     """
 
     heatmap: np.ndarray
     target: Target
     class_index: int | None
     logits: np.ndarray
+    embedding: np.ndarray
 
 
 def saliency(
@@ -125,18 +127,24 @@ def saliency(
         chosen.append(index)
         return logits[index]
 
+    embedded: list[torch.Tensor] = []
+
+    def logits_from_maps(maps: torch.Tensor) -> torch.Tensor:
+        embedding = head_inputs(model, maps)
+        embedded.append(embedding.detach())
+        return head(embedding)
+
     with torch.inference_mode(False):
         pixels = images.clone() if images.is_inference() else images
         with torch.no_grad():
             maps = feature_maps(model, pixels)
-        heatmap, logits = _grad_cam_from_maps(
-            maps, lambda m: head(head_inputs(model, m)), score, output_size=tuple(images.shape[-2:])
-        )
+        heatmap, logits = _grad_cam_from_maps(maps, logits_from_maps, score, output_size=tuple(images.shape[-2:]))
     return Saliency(
         heatmap=heatmap,
         target=target,
         class_index=chosen[0] if chosen else None,
         logits=logits[0].float().cpu().numpy(),
+        embedding=embedded[0][0].float().cpu().numpy(),
     )
 
 

@@ -25,7 +25,7 @@ from skintriage.explain import overlay, saliency
 from skintriage.guidance import topics_for_differential
 from skintriage.inference import decision_prior, eval_preset, forward
 from skintriage.metrics import malignant_columns
-from skintriage.referral import ClinicalContext, ReferralDecision, ReferralPolicy, decide
+from skintriage.referral import ClinicalContext, ReferralDecision, ReferralPolicy, decide, malignancy_probability
 from skintriage.taxonomy import DIAGNOSES, TriageGroup
 from skintriage.uncertainty import Uncertainty, UncertaintyGate
 
@@ -121,17 +121,20 @@ class Predictor:
         file: str | None = None,
     ) -> Prediction:
         pixels = self.input_tensor(image)
-        with torch.inference_mode():
-            logits, embedding = forward(self.bundle.model, pixels)
         heatmap = None
-        if with_saliency:  # explain the referral (malignancy), which localises lesions far better than the class
-            heatmap = saliency(
+        if with_saliency:  # one pass gives the heatmap, the logits and the embedding
+            explained = saliency(  # the malignancy target localises lesions far better than the class
                 self.bundle.model,
                 pixels,
                 target="malignancy",
                 malignant_indices=self.malignant_indices,
                 temperature=self.bundle.temperature,
-            ).heatmap
+            )
+            logits, embedding = torch.from_numpy(explained.logits)[None], torch.from_numpy(explained.embedding)[None]
+            heatmap = explained.heatmap
+        else:
+            with torch.inference_mode():
+                logits, embedding = forward(self.bundle.model, pixels)
         return self._predictions(logits, embedding, [context], [file], [heatmap])[0]
 
     def predict_batch(
@@ -213,7 +216,7 @@ class Predictor:
                     file=file,
                     probabilities=named,
                     triage_probabilities=groups,
-                    malignancy_probability=float(min(1.0, sum(p[self.malignant_indices]))),
+                    malignancy_probability=malignancy_probability(named),
                     class_call=self._class_call(p),
                     uncertainty=uncertainty,
                     referral=decision,

@@ -202,6 +202,11 @@ LIMITS = (
 )
 
 
+def malignancy_probability(probabilities: Mapping[str, float]) -> float:
+    """Summed probability of the malignant classes (what the referral thresholds apply to), at most 1."""
+    return min(1.0, sum(p for c, p in probabilities.items() if is_malignant(DIAGNOSES[c].group)))
+
+
 def malignant_share(probabilities: Mapping[str, float], classes: Sequence[str]) -> float:
     """Share of the malignancy probability held by ``classes`` (0 when nothing is malignant)."""
     malignant = {c: p for c, p in probabilities.items() if is_malignant(DIAGNOSES[c].group)}
@@ -228,7 +233,7 @@ def decide(
     is itself stated as a reason (the image cannot then be called routine on the model's word alone).
     """
     context = context or ClinicalContext()
-    malignancy = min(1.0, sum(p for c, p in probabilities.items() if is_malignant(DIAGNOSES[c].group)))
+    malignancy = malignancy_probability(probabilities)
     reasons: list[Reason] = []
     differential: list[DifferentialEntry] = []
 
