@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from skintriage import __version__
+from skintriage.atomic import atomic_path, atomic_write_text
 from skintriage.models import create_model, list_models
 from skintriage.taxonomy import DIAGNOSES, TAXONOMY_VERSION
 
@@ -136,15 +136,14 @@ def save_bundle(
         )
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
-    tmp = weights.with_suffix(".tmp")
-    save_file(bundle_state_dict(model, half=half), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, weights)
+    with atomic_path(weights) as tmp:
+        save_file(bundle_state_dict(model, half=half), str(tmp), metadata={"format": "pt"})
     if uncertainty_tensors is not None:
         if not isinstance(metadata.get("uncertainty"), dict):
             raise ValueError("uncertainty tensors need their summary (thresholds) in metadata['uncertainty']")
         extra = directory / UNCERTAINTY_FILE
-        save_file({k: v.contiguous() for k, v in uncertainty_tensors.items()}, str(extra.with_suffix(".tmp")))
-        os.replace(extra.with_suffix(".tmp"), extra)
+        with atomic_path(extra) as tmp:
+            save_file({k: v.contiguous() for k, v in uncertainty_tensors.items()}, str(tmp))
         metadata = {**metadata, "uncertainty": {**metadata["uncertainty"], "sha256": sha256_of(extra)}}
     full = {
         **metadata,  # first: the fields below describe the file and may not be overridden
@@ -155,10 +154,7 @@ def save_bundle(
         "weights_dtype": "float16" if half else "float32",
         "weights_sha256": sha256_of(weights),
     }
-    text = json.dumps(full, indent=2, default=_json_default) + "\n"
-    tmp_json = directory / (METADATA_FILE + ".tmp")
-    tmp_json.write_text(text, encoding="utf-8")
-    os.replace(tmp_json, directory / METADATA_FILE)
+    atomic_write_text(directory / METADATA_FILE, json.dumps(full, indent=2, default=_json_default) + "\n")
     return directory
 
 
@@ -267,10 +263,8 @@ def _load_uncertainty(directory: Path, metadata: dict[str, Any]) -> dict[str, to
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
     """Atomically write the resumable training state (see the module docstring)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

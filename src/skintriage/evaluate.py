@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from skintriage import DISCLAIMER, metrics
+from skintriage.atomic import atomic_write_text
 from skintriage.calibration import class_balanced_probabilities, probabilities_at_temperature
 from skintriage.checkpoint import Bundle
 from skintriage.data.records import Manifest
@@ -315,7 +316,7 @@ def write_evaluation(result: EvaluationResult, out: Path) -> Path:
     from skintriage.report import write_report  # plotting is imported only when files are written
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
-    predictions_frame(result).to_csv(out / "predictions.csv", index=False)
+    atomic_write_text(out / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
+    atomic_write_text(out / "predictions.csv", predictions_frame(result).to_csv(index=False))
     write_report(result, out)
     return out

@@ -35,6 +35,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from skintriage import DISCLAIMER, metrics
+from skintriage.atomic import atomic_path, atomic_write_text
 from skintriage.evaluate import BOOTSTRAP_RESAMPLES, EvaluationResult
 from skintriage.taxonomy import DIAGNOSES, is_malignant
 
@@ -94,7 +95,8 @@ def markdown_table(*, header: Sequence[str], rows: Sequence[Sequence[str]]) -> s
 def save_figure(*, figure: Figure, path: Path) -> Path:
     """Save and close at once: pyplot keeps every open figure alive, and a run evaluates several sets."""
     figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")
     plt.close(figure)
     return path
 
@@ -418,7 +420,7 @@ def write_report(result: EvaluationResult, out: Path) -> Path:
     for file_name, plot in PLOTS.items():
         plot(result=result, path=out / file_name)
     path = out / REPORT_FILE
-    path.write_text("\n\n".join(report_sections(result)) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n\n".join(report_sections(result)) + "\n")
     return path
 
 
@@ -709,5 +711,5 @@ def write_model_card(bundle_dir: Path) -> Path:
         card_reproduce(meta),
     ]
     path = bundle_dir / MODEL_CARD_FILE
-    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n\n".join(sections) + "\n")
     return path

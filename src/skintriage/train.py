@@ -45,6 +45,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from skintriage import metrics
+from skintriage.atomic import atomic_path, atomic_write_text
 from skintriage.calibration import (
     calibrate,
     class_balanced_probabilities,
@@ -259,10 +260,7 @@ def validation_metrics(run: Run) -> dict:
 
 
 def write_log(path: Path, history: list[dict]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+    atomic_write_text(path, pd.DataFrame(history).to_csv(index=False))
 
 
 # --- 4. finish --------------------------------------------------------------------------------------
@@ -446,14 +444,13 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
             f"{out} holds a run with a different config ({out / 'config.json'}); use another --out folder "
             "or delete it to start afresh"
         )
-    (out / "config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "config.json", json.dumps(config.model_dump(), indent=2) + "\n")
     seed_everything(config.seed)
     device = resolve_device(config.device)
 
     manifest, policies = training_manifest(config, data_root=data_root, progress=progress)
-    manifest.frame[["image_id", "source", "diagnosis", "triage_group", "acquisition", "split"]].to_csv(
-        out / SPLITS_FILE, index=False
-    )
+    columns = ["image_id", "source", "diagnosis", "triage_group", "acquisition", "split"]
+    atomic_write_text(out / SPLITS_FILE, manifest.frame[columns].to_csv(index=False))
     frame = manifest.frame
     class_names = class_names_for(config, frame[frame.split == "train"])
     summary = data_summary(manifest, policies)
@@ -526,9 +523,8 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
         write_log(out / LOG_FILE, history)
         if row["val_balanced_accuracy"] > best_score:
             best_score, stale = row["val_balanced_accuracy"], 0
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in run.eval_model.state_dict().items()}, str(out / BEST_FILE)
-            )
+            with atomic_path(out / BEST_FILE) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in run.eval_model.state_dict().items()}, str(tmp))
         else:
             stale += 1
         save_training_state(
