@@ -4,13 +4,16 @@ Widgets wired to library calls, nothing else: the decision comes from skintriage
 card from skintriage.cards, the guidance from skintriage.guidance. Research prototype, not a medical device.
 
 Privacy: binds to 127.0.0.1 unless --host says otherwise, never creates a share link, sends no analytics,
-and deletes each uploaded image from Gradio's upload cache as soon as it has been read.
+deletes each uploaded image from Gradio's upload cache as soon as it has been read, sends the Grad-CAM overlay
+inside the HTML (never written to disk), sweeps the cache of uploads never assessed (CACHE_SWEEP_S), and keeps
+file names and clinical context out of the log (refusals are not printed; uvicorn logs warnings only).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
@@ -21,7 +24,7 @@ from pathlib import Path
 import gradio as gr
 
 from skintriage import DISCLAIMER
-from skintriage.cards import referral_card_html
+from skintriage.cards import inline_image_html, referral_card_html
 from skintriage.checkpoint import DEFAULT_BUNDLE
 from skintriage.data.images import ImageDecodeError, decode_image
 from skintriage.guidance import load_guidance, render_markdown
@@ -31,6 +34,8 @@ from skintriage.taxonomy import DIAGNOSES
 
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent.parent / "shared/data/ham10000_isic2018_224/images/isic2018_test"
 MAX_EXAMPLES = 12
+OVERLAY_MAX_SIDE = 1600  # pixels, the longer side of the Grad-CAM overlay sent to the page
+CACHE_SWEEP_S = (300, 900)  # every 5 min, delete cached files older than 15 min (uploads never assessed)
 CONTEXT_FLAGS = {  # checkbox label -> ClinicalContext field
     "Asymptomatic (not tender)": "asymptomatic",
     "Expanding rapidly (within 3 months)": "rapid_growth",
@@ -59,9 +64,14 @@ def example_images(folder: Path) -> list[str]:
 
 
 def context_from(age: float | None, site: str | None, flags: list[str]) -> ClinicalContext:
+    unknown = [label for label in flags or [] if label not in CONTEXT_FLAGS]
+    if unknown:
+        raise ValueError(f"unknown finding {unknown[0]!r}; choose from: {', '.join(CONTEXT_FLAGS)}")
     chosen = {CONTEXT_FLAGS[label]: True for label in flags or []}
-    # an empty gr.Number arrives as 0 (gradio shows 0 for no value): read 0 as "not given"
-    return ClinicalContext(age=int(age) if age else None, site=site or None, **chosen)
+    # an empty gr.Number arrives as 0 (gradio shows 0 for no value): read 0 as "not given"; an infinite or NaN age
+    # goes to ClinicalContext as it is, which refuses it in words (int() of it would raise a bare OverflowError)
+    years = (int(age) if math.isfinite(age) else age) if age else None
+    return ClinicalContext(age=years, site=site or None, **chosen)
 
 
 def digest(path: str | Path) -> str:
@@ -79,6 +89,31 @@ def discard_upload(path: str, keep: frozenset[str] = frozenset()) -> None:
             file.parent.rmdir()
 
 
+def unopened(image: gr.Image) -> gr.Image:
+    """Make `image` hand its upload to the handler as Gradio's cached file, unopened and unconverted.
+
+    gr.Image's own preprocessing opens the file with PIL first: a file PIL cannot read fails there, before the handler
+    runs, so it is neither refused in the app's words nor deleted, and Gradio prints its path (the patient's file
+    name) to the log; a non-RGB image is converted into a second cached file and the original left behind. With
+    this, the library decodes the file (with its format and size checks) and the handler deletes it either way.
+    (Set on the instance: a gr.Image subclass would make Gradio write a .pyi stub next to this file.)
+    """
+    preprocess = image.preprocess
+
+    def cached_path(payload):
+        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
+            return payload.path  # Gradio checked that it lies in its upload cache
+        return preprocess(payload)
+
+    image.preprocess = cached_path
+    return image
+
+
+def refusal(message: str) -> gr.Error:
+    """A message for the user that is not printed to the server's log (it may quote a file name or the context)."""
+    return gr.Error(message, print_exception=False)
+
+
 def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
     kb = load_guidance()
     example_digests = frozenset(digest(path) for path in examples)
@@ -87,17 +122,17 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
 
     def triage(image_path: str | None, age: float | None, site: str | None, flags: list[str]):
         if image_path is None:
-            raise gr.Error("Upload a photograph of the lesion first.")
+            raise refusal("Upload a photograph of the lesion first.")
         try:
             image = decode_image(image_path, name=Path(image_path).name)
         except (ImageDecodeError, OSError) as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         finally:
             discard_upload(image_path, example_digests)
         try:
             context = context_from(age, site, flags)
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         prediction = predictor.predict(image, context, with_saliency=True)
         card = referral_card_html(
             prediction.referral,
@@ -107,7 +142,9 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         )
         label = {DIAGNOSES[c].name: p for c, p in prediction.probabilities.items()}
         guidance = render_markdown(kb, topics=prediction.guidance_topics) if prediction.guidance_topics else ""
-        shown = predictor.overlay(image, prediction.heatmap)
+        shown = image.copy()  # a screen shows the overlay a few hundred pixels wide: draw it on a capped copy
+        shown.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))  # (a 27 MP photo took 9 s to blend and 4 s to encode)
+        shown = inline_image_html(predictor.overlay(shown, prediction.heatmap), alt=prediction.saliency_note or "")
         return card, label, shown, prediction.saliency_note, guidance, prediction.to_dict()
 
     def explore(malignancy, non_pigmented, out_of_distribution, low_confidence, age, site, flags):
@@ -121,25 +158,32 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                 policy=predictor.policy,
             )
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         return referral_card_html(decision, malignancy_probability=float(malignancy))
 
     def context_inputs():
         with gr.Accordion("Clinical context (optional)", open=True):
-            age = gr.Number(label="Age (years)", precision=0, minimum=0, maximum=120)
+            # no minimum/maximum: Gradio would refuse an out-of-range age before the handler runs, printing the value
+            # and leaving the upload in its cache; the library refuses it instead (ClinicalContext: 0 to 120)
+            age = gr.Number(label="Age (years)", precision=0)
             site = gr.Dropdown(choices=SITES, label="Body site", value=None)
             flags = gr.CheckboxGroup(choices=list(CONTEXT_FLAGS), label="Findings and history")
         return age, site, flags
 
-    with gr.Blocks(title="skintriage: research prototype", analytics_enabled=False) as demo:
+    with gr.Blocks(title="skintriage: research prototype", analytics_enabled=False, delete_cache=CACHE_SWEEP_S) as demo:
         gr.Markdown(
             f"# skintriage: skin-lesion triage for Merkel cell carcinoma and cutaneous metastasis\n**{DISCLAIMER}**"
         )
         with gr.Tab("Triage"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = gr.Image(
-                        type="filepath", label="Lesion photograph", sources=["upload", "clipboard"], elem_id="upload"
+                    image = unopened(
+                        gr.Image(
+                            type="filepath",
+                            label="Lesion photograph",
+                            sources=["upload", "clipboard"],
+                            elem_id="upload",
+                        )
                     )
                     age, site, flags = context_inputs()
                     assess = gr.Button("Assess", variant="primary", elem_id="assess")
@@ -150,8 +194,8 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                     with gr.Row():
                         probabilities = gr.Label(label="Calibrated probabilities (training case mix)", num_top_classes=5,
                                                  elem_id="probabilities")  # fmt: skip
-                        overlay = gr.Image(label="Grad-CAM: what raised the malignancy probability",
-                                           elem_id="saliency", interactive=False)  # fmt: skip
+                        overlay = gr.HTML(label="Grad-CAM: what raised the malignancy probability", show_label=True,
+                                          container=True, elem_id="saliency")  # fmt: skip
                     saliency_note = gr.Markdown(elem_id="saliency-note")
                     guidance = gr.Markdown(elem_id="guidance")
                     with gr.Accordion("Raw output (JSON)", open=False):
@@ -197,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         server_name=args.host,
         server_port=args.port,
         share=False,
+        run_history=False,  # gradio 6 would keep each run (inputs, outputs) in the browser, and offers to upload them
         max_file_size=f"{args.max_upload_mb}mb",
         allowed_paths=[str(args.examples)] if examples else None,
         show_error=False,

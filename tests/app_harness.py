@@ -3,7 +3,8 @@
 Import from tests as `from app_harness import ...` (pytest puts tests/ on sys.path, as for `conftest`).
 
 - `running_app([...], cwd=...)` starts `python app.py --port PORT ...` and yields its base URL once it answers HTTP 200;
-  use `gradio_client.Client(base_url)` on it for API calls.
+  use `gradio_client.Client(base_url)` on it for API calls. `app_process(...)`, same arguments, yields a `RunningApp`
+  instead: the URL plus the server's process id (for its memory) and its stdout/stderr log files (for what it prints).
 - `browser_page()` opens a Playwright page in the system's Chromium (Debian's `chromium` package: Playwright's own
   browser download is not reachable from the project's machines). Without a browser it skips the test locally and
   fails it under CI (`CI=true`), unless `SKINTRIAGE_SKIP_BROWSER=1` is set, which skips browser tests everywhere.
@@ -28,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -90,6 +92,22 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
         process.wait(timeout=grace_s)
 
 
+@dataclass(frozen=True)
+class RunningApp:
+    """An app started by `app_process`: its base URL, the server's process id and where its output goes."""
+
+    url: str
+    pid: int
+    stdout_path: Path
+    stderr_path: Path
+
+    def log_text(self) -> str:
+        """Everything the app printed so far, stdout then stderr."""
+        return "".join(
+            path.read_text(encoding="utf-8", errors="replace") for path in (self.stdout_path, self.stderr_path)
+        )
+
+
 @contextlib.contextmanager
 def running_app(
     args: Sequence[str] = (),
@@ -106,10 +124,32 @@ def running_app(
     its own `GRADIO_TEMP_DIR` (uploads land there; removed afterwards); `env` adds or overrides variables. If the app
     exits or does not answer within `timeout_s`, or the body raises, the error carries the app's stderr tail.
     """
+    with app_process(args, cwd=cwd, timeout_s=timeout_s, script=script, port=port, env=env) as app:
+        yield app.url
+
+
+@contextlib.contextmanager
+def app_process(
+    args: Sequence[str] = (),
+    *,
+    cwd: str | os.PathLike[str],
+    timeout_s: float = 120.0,
+    script: str = "app.py",
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[RunningApp]:
+    """`running_app`, yielding a `RunningApp`: `pid` is the server process itself (`python script`, no shell).
+
+    The app's output goes to `stdout.log` and `stderr.log` in `log_dir` when given (kept after the app stops, to read
+    everything it printed, shutdown included), else in the scratch folder removed afterwards.
+    """
     port = free_port() if port is None else port
     base_url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory(prefix="skintriage-app-") as scratch:
         scratch_dir = Path(scratch)
+        log_folder = scratch_dir if log_dir is None else Path(log_dir)
+        log_folder.mkdir(parents=True, exist_ok=True)
         child_env = dict(os.environ)
         child_env.update(
             GRADIO_ANALYTICS_ENABLED="False",
@@ -119,7 +159,7 @@ def running_app(
             no_proxy="127.0.0.1,localhost",
         )
         child_env.update(env or {})
-        stdout_path, stderr_path = scratch_dir / "stdout.log", scratch_dir / "stderr.log"
+        stdout_path, stderr_path = log_folder / "stdout.log", log_folder / "stderr.log"
         command = [sys.executable, script, "--port", str(port), *args]
         with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
             process = subprocess.Popen(
@@ -150,7 +190,7 @@ def running_app(
                     raise TimeoutError(report(f"the app did not answer HTTP 200 on {base_url} within {timeout_s:g} s"))
                 time.sleep(0.25)
             try:
-                yield base_url
+                yield RunningApp(base_url, process.pid, stdout_path, stderr_path)
             except Exception as error:
                 error.add_note(report("while the app was running"))
                 raise

@@ -4,7 +4,10 @@ $SKINTRIAGE_SCREENSHOTS when set (that is how docs/ screenshots are regenerated)
 
 from __future__ import annotations
 
+import base64
+import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -98,7 +101,10 @@ def test_triage_api_returns_the_referral_card_and_guidance(app_session):
     assert "Immunohistochemistry" in guidance and "CK20" in guidance and "## Sources" in guidance
     assert label["label"] and len(label["confidences"]) == 5
     assert saliency_note.startswith("Grad-CAM") and raw["saliency"] == saliency_note
-    with Image.open(overlay) as shown, Image.open(image) as original:
+    # the overlay comes inside the HTML (a data: URI), never as a file in the server's cache
+    encoded = re.match(r'<img src="data:image/webp;base64,([A-Za-z0-9+/=]+)"', overlay)
+    assert encoded, overlay[:200]
+    with Image.open(io.BytesIO(base64.b64decode(encoded.group(1)))) as shown, Image.open(image) as original:
         assert shown.size == original.size
     # the upload is gone from the server's upload cache once read
     assert not [p for p in cache.rglob(image.name)], "the uploaded image was left in the upload cache"
@@ -128,7 +134,10 @@ def test_browser_triage_shows_the_referral_card(app_session, tmp_path):
         assert "Malignancy probability" in card and "not a medical device" in card
         headline, shown = label_value(page, "probabilities")
         assert headline in shown and len(shown) == 5
-        page.locator("#saliency img").wait_for()
+        overlay = page.locator("#saliency img")
+        overlay.wait_for()
+        assert overlay.get_attribute("src").startswith("data:image/webp;base64,")
+        assert overlay.evaluate("img => img.complete && img.naturalWidth > 0")
         page.get_by_text("Raw output (JSON)").click()
         page.locator("#triage-json .json-holder").wait_for()
         raw = json_value(page, "triage-json")

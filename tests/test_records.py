@@ -69,7 +69,7 @@ def test_unreadable_and_empty_images_are_named(tmp_path):
     with pytest.raises(ManifestError) as caught:
         build(raw, tmp_path)
     message = str(caught.value)
-    assert "meta.csv:2 (images/img0.jpg): not a readable image" in message
+    assert "meta.csv:2 (images/img0.jpg): not a recognised image file" in message
     assert "meta.csv:4 (images/img2.jpg): file is empty" in message
 
 

@@ -7,11 +7,17 @@ file name or a user-given body site.
 
 from __future__ import annotations
 
+import base64
+import io
 from html import escape
+
+from PIL import Image
 
 from skintriage import DISCLAIMER
 from skintriage.referral import ReferralDecision
 from skintriage.taxonomy import DIAGNOSES
+
+WEBP_MAX_SIDE = 16383  # the largest width or height a WebP image can have
 
 LEVEL_STYLE = {  # background, text; WCAG AA contrast with white text
     "urgent": ("#b91c1c", "URGENT REFERRAL"),
@@ -54,3 +60,22 @@ def referral_card_html(
     parts.append(f"<details><summary>Limits of this model</summary><ul>{limits}</ul></details>")
     parts.append(f'<p style="font-size:0.9em"><i>{escape(DISCLAIMER)}</i></p></div>')
     return "\n".join(parts)
+
+
+def inline_image_html(image: Image.Image, *, alt: str, quality: int = 90) -> str:
+    """``image`` as an ``<img>`` whose source is a ``data:image/webp`` URI: the bytes travel inside the HTML.
+
+    How the demo shows images derived from a patient's photo (the Grad-CAM overlay): an output image
+    component would be written to the server's file cache and served from there, this is never on disk.
+    An image with a side over WebP's limit of 16383 px (a panorama) is shrunk to fit.
+    """
+    if max(image.size) > WEBP_MAX_SIDE:
+        image = image.copy()
+        image.thumbnail((WEBP_MAX_SIDE, WEBP_MAX_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=quality)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (
+        f'<img src="data:image/webp;base64,{encoded}" alt="{escape(alt)}" '
+        f'width="{image.width}" height="{image.height}" style="max-width:100%;height:auto">'
+    )

@@ -397,5 +397,92 @@ def guidance_command(
         _fail(error)
 
 
+@app.command("export")
+def export_command(
+    checkpoint: Checkpoint = DEFAULT_BUNDLE,
+    export_format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output file (default <bundle>/model.onnx, where the predictor looks for it)."),
+    ] = None,
+    verify_batch: Annotated[
+        int, typer.Option("--verify-batch", min=1, help="Generated images the parity check runs through both.")
+    ] = 16,
+) -> None:
+    """Export a bundle's model (ONNX: logits and embedding, dynamic batch, float32) and check it against PyTorch.
+
+    Exits with status 1 if the exported model's calibrated probabilities differ from PyTorch's by more
+    than 1e-4 or any arg-max differs on the generated batch.
+    """
+    import torch
+
+    from skintriage.checkpoint import load_bundle
+    from skintriage.export import export_onnx
+    from skintriage.onnx_backend import PARITY_TOLERANCE, OnnxRunner, parity
+
+    if export_format != "onnx":
+        _fail(ValueError(f"--format must be onnx, not {export_format!r}"))
+    try:
+        bundle = load_bundle(checkpoint)
+        path = export_onnx(bundle, out)
+        size = int(bundle.metadata["preprocessing"]["input_size"])
+        pixels = torch.randn(verify_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+        result = parity(bundle, OnnxRunner.load(path, bundle=bundle), [pixels])
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
+    console.print(
+        f"parity with PyTorch on a generated batch of {result.n_images}: max abs difference "
+        f"{result.max_abs_probability:.2e} (calibrated probabilities), {result.max_abs_logit:.2e} (logits), "
+        f"{result.max_abs_embedding:.2e} (embedding); arg-max agreement {result.argmax_agreement:.4f}",
+        highlight=False,
+    )
+    if not result.ok():
+        typer.secho(f"error: parity check failed (tolerance {PARITY_TOLERANCE:g}); do not use {path}", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command("bench")
+def bench_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for results.md, results.json, scaling.png.")] = Path(
+        "experiments/performance"
+    ),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Smoke test: every section, tiny counts (not figures).")
+    ] = False,
+    only: Annotated[
+        str | None,
+        typer.Option("--only", help="Comma-separated sections: latency,throughput,onnx,training,scaling."),
+    ] = None,
+    checkpoint: Checkpoint = DEFAULT_BUNDLE,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="Real data folder (default: the benchmark config's).")
+    ] = None,
+) -> None:
+    """Latency, folder throughput, ONNX, training throughput and input-size scaling, each against a plain reference.
+
+    Figures are medians over repeated runs after warm-up; comparisons alternate the candidates in one
+    run. Run it on an otherwise idle machine: other work on the cores makes every figure pessimistic.
+    """
+    from rich.markdown import Markdown
+
+    from skintriage.bench.report import SECTION_WRITERS
+    from skintriage.bench.suite import parse_sections, run_suite
+
+    try:
+        parse_sections(only)
+        run_suite(
+            out=out,
+            quick=quick,
+            only=only,
+            bundle=checkpoint,
+            data_root=data_root,
+            on_section=lambda name, section: console.print(Markdown("\n".join(SECTION_WRITERS[name](section)))),
+        )
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"wrote {out}/results.md, results.json" + ("" if only and "scaling" not in only else ", scaling.png"))
+
+
 if __name__ == "__main__":
     app()

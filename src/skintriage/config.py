@@ -60,7 +60,7 @@ class TrainConfig(_Strict):
     cache_side: int | None = Field(None, ge=32)  # decode each image once, short side resized to this, kept in RAM
 
     epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # the global batch: under torchrun each of N processes takes batch_size / N
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)

@@ -4,6 +4,10 @@
 pass (logits and the embedding the uncertainty gate needs), temperature scaling, the uncertainty gate,
 the referral engine and, on request, Grad-CAM. It keeps no state between calls, so one predictor serves
 concurrent requests.
+
+The plain forward pass runs on PyTorch or, when the bundle holds an exported ``model.onnx``, on
+onnxruntime (``backend``; see :mod:`skintriage.backend`, "auto" measures which is faster). Saliency
+always runs on the PyTorch model: Grad-CAM needs its gradients.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import torch
 from PIL import Image
 
 from skintriage import DISCLAIMER
+from skintriage.backend import Backend, BackendChoice, choose_backend
 from skintriage.calibration import class_balanced_probabilities, probabilities_at_temperature
 from skintriage.checkpoint import DEFAULT_BUNDLE, Bundle, load_bundle
 from skintriage.data.dataset import prepare_pixels
 from skintriage.data.images import ImageDecodeError, decode_image
+from skintriage.data.prefetch import prefetch_decoded
 from skintriage.explain import overlay, saliency
 from skintriage.guidance import topics_for_differential
 from skintriage.inference import decision_prior, eval_preset, forward
@@ -89,8 +95,9 @@ class FileError:
 
 
 class Predictor:
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, *, backend: BackendChoice | None = None):
         self.bundle = bundle
+        self.backend_choice = backend or BackendChoice("torch", "no backend was chosen (the PyTorch model)")
         self.classes = bundle.classes
         self.preset = eval_preset(bundle)
         self.device = next(bundle.model.parameters()).device
@@ -104,9 +111,29 @@ class Predictor:
         self.malignant_indices = np.flatnonzero(malignant_columns(self.classes)).tolist()
 
     @classmethod
-    def load(cls, path: Path | str | None = None, *, device: str | torch.device = "cpu") -> Predictor:
-        """The bundled model by default (``models/default``)."""
-        return cls(load_bundle(DEFAULT_BUNDLE if path is None else path, device=device))
+    def load(
+        cls, path: Path | str | None = None, *, device: str | torch.device = "cpu", backend: Backend = "auto"
+    ) -> Predictor:
+        """The bundled model by default (``models/default``).
+
+        ``backend``: "torch", "onnx" (the bundle's ``model.onnx``; an error if it is missing or stale) or
+        "auto" (ONNX only when its file is valid and measured faster here; see :mod:`skintriage.backend`).
+        """
+        bundle = load_bundle(DEFAULT_BUNDLE if path is None else path, device=device)
+        bundle.model.to(memory_format=torch.channels_last)  # 12-16% faster on CPU (experiments/performance)
+        return cls(bundle, backend=choose_backend(bundle, backend))
+
+    @property
+    def backend(self) -> str:
+        """The engine of the plain forward pass: "torch" or "onnx" (``backend_choice.reason`` says why)."""
+        return self.backend_choice.name
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding) for a (N, 3, S, S) batch on the chosen backend (no gradients)."""
+        if self.backend_choice.runner is not None:
+            return self.backend_choice.runner(pixels)
+        with torch.inference_mode():
+            return forward(self.bundle.model, pixels)
 
     def input_tensor(self, image: Image.Image, *, mask_watermark: bool = False) -> torch.Tensor:
         """The (1, 3, S, S) tensor the model sees for a decoded RGB image (``mask_watermark``: a DermNet photo)."""
@@ -133,8 +160,7 @@ class Predictor:
             logits, embedding = torch.from_numpy(explained.logits)[None], torch.from_numpy(explained.embedding)[None]
             heatmap = explained.heatmap
         else:
-            with torch.inference_mode():
-                logits, embedding = forward(self.bundle.model, pixels)
+            logits, embedding = self.forward(pixels)
         return self._predictions(logits, embedding, [context], [file], [heatmap])[0]
 
     def predict_batch(
@@ -145,27 +171,27 @@ class Predictor:
         files: Sequence[str] = (),
         mask_watermark: bool = False,
     ) -> list[Prediction]:
-        """One forward pass for several images (no saliency): what folder prediction uses."""
-        pixels = torch.cat([self.input_tensor(image, mask_watermark=mask_watermark) for image in images])
-        with torch.inference_mode():
-            logits, embedding = forward(self.bundle.model, pixels)
-        files = list(files) or [None] * len(images)
-        return self._predictions(logits, embedding, [context] * len(images), files, [None] * len(images))
+        """One forward pass for several images (no saliency)."""
+        pixels = [self.input_tensor(image, mask_watermark=mask_watermark) for image in images]
+        return self._predict_pixels(pixels, context, list(files) or [None] * len(images))
 
     def predict_files(
         self, paths: Iterable[Path], context: ClinicalContext | None = None, *, batch_size: int = 32
     ) -> Iterator[Prediction | FileError]:
         """Predictions for files in order; an unreadable file yields a :class:`FileError` and the rest go on."""
-        batch: list[tuple[str, Image.Image]] = []
+        batch: list[tuple[str, torch.Tensor]] = []
+
+        def prepared(path: Path) -> torch.Tensor:  # in a background thread, while the model runs a batch
+            return self.input_tensor(decode_image(path, name=str(path)))
 
         def flush() -> Iterator[Prediction]:
             if batch:
-                yield from self.predict_batch([i for _, i in batch], context, files=[f for f, _ in batch])
+                yield from self._predict_pixels([t for _, t in batch], context, [f for f, _ in batch])
                 batch.clear()
 
-        for path in paths:
+        for path, pixels in prefetch_decoded(paths, decode=prepared, ahead=2 * batch_size):
             try:
-                batch.append((str(path), decode_image(path, name=str(path))))
+                batch.append((str(path), pixels.result()))
             except (ImageDecodeError, OSError) as error:
                 yield from flush()
                 yield FileError(str(path), str(error))
@@ -185,6 +211,12 @@ class Predictor:
         return decide(probabilities, uncertainty, context, self.policy)
 
     # ------------------------------------------------------------------------------------------------
+
+    def _predict_pixels(
+        self, pixels: list[torch.Tensor], context: ClinicalContext | None, files: list[str | None]
+    ) -> list[Prediction]:
+        logits, embedding = self.forward(torch.cat(pixels))
+        return self._predictions(logits, embedding, [context] * len(files), files, [None] * len(files))
 
     def _calibrated(self, logits: np.ndarray) -> np.ndarray:
         return probabilities_at_temperature(logits, self.bundle.temperature)

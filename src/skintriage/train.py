@@ -20,17 +20,29 @@ Read top to bottom, a run is:
 completed epoch. Every epoch reseeds the augmentation and the sampler from ``(seed, epoch)``, so a
 resumed run follows the same path as an uninterrupted one; work inside the interrupted epoch is lost.
 A different config in the same folder is refused rather than silently mixed.
+
+**Several processes.** ``torchrun --nproc_per_node N -m skintriage.train CONFIG --out DIR`` trains with
+DistributedDataParallel (:mod:`skintriage.distributed`; NCCL on GPUs, gloo on CPU). Every rank loads
+and splits the data the same way and builds the same model; ``batch_size`` is the *global* batch,
+``batch_size / N`` images per rank per step, so the steps per epoch, the learning-rate schedule and
+the results match a single-process run. Each rank trains on its shard of the epoch's sample (a
+``DistributedSampler`` permutation, or with ``imbalance: sampler`` its share of the one class-balanced
+draw, :class:`~skintriage.data.samplers.DistributedWeightedSampler`). Rank 0 alone validates, logs,
+checkpoints and finishes (calibration, gates, bundle, evaluation), and broadcasts the early-stopping
+count so that every rank stops at the same epoch; every rank resumes from ``last.pt``. Batch
+normalisation statistics are per rank (no SyncBatchNorm), as in torchvision's reference recipes.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +52,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -61,12 +73,24 @@ from skintriage.checkpoint import (
     save_bundle,
     save_training_state,
 )
-from skintriage.config import ConfigError, SourceConfig, TrainConfig
+from skintriage.config import ConfigError, SourceConfig, TrainConfig, load_config, parse_overrides
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import NORMALIZATION, ClassificationPresetEval, ClassificationPresetTrain
 from skintriage.data.records import Manifest
+from skintriage.data.samplers import DistributedWeightedSampler
 from skintriage.data.sources import get_source
 from skintriage.data.splits import hash_images, split_manifest
+from skintriage.distributed import (
+    World,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    is_main_process,
+    unwrap,
+    wrap,
+)
 from skintriage.evaluate import evaluate_bundle, evaluation_result, multiclass_block, write_evaluation
 from skintriage.inference import bundle_dataset, loader_for, predict_logits, predict_outputs, resolve_device
 from skintriage.models import create_model
@@ -164,6 +188,24 @@ def epoch_seed(config: TrainConfig, epoch: int) -> int:
     return config.seed * 100_003 + epoch
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank 0 keeps the single-process seed; every other rank its own augmentation stream, far from any epoch's."""
+    return seed + rank * 2**40
+
+
+def local_batch_size(config: TrainConfig, world: World) -> int:
+    """Images per rank per step: ``batch_size`` is the global batch, split evenly over the ranks.
+
+    Keeping the global batch fixed keeps the steps per epoch, and so the learning-rate schedule and
+    the effective batch the learning rate was tuned for, the same as a single-process run.
+    """
+    if config.batch_size % world.size:
+        raise ConfigError(
+            f"batch_size {config.batch_size} is the global batch and must divide evenly over {world.size} processes"
+        )
+    return config.batch_size // world.size
+
+
 # --- 3. epochs --------------------------------------------------------------------------------------
 
 
@@ -181,26 +223,44 @@ class Run:
     mix: v2.Transform | None
     device: torch.device
     progress: bool
+    world: World = field(default_factory=World)  # rank and number of processes; one by default
 
     @property
     def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+        return self.ema.module if self.ema is not None else unwrap(self.model)
+
+
+def train_sampler(run: Run, epoch: int, generator: torch.Generator) -> Sampler[int]:
+    """The epoch's order of training images: class-balanced with ``imbalance: sampler``, else a shuffle.
+
+    With several ranks each gets its shard of one draw seeded by ``(seed, epoch)`` alike on every rank.
+    """
+    config, world = run.config, run.world
+    balanced = config.imbalance == "sampler"
+    weights = run.train_set.sample_weights(config.imbalance_power) if balanced else None
+    if not world.distributed:
+        if balanced:
+            return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+        return RandomSampler(run.train_set, generator=generator)
+    seed, rank, size = epoch_seed(config, 0), world.rank, world.size
+    if balanced:
+        sampler = DistributedWeightedSampler(weights, len(weights), num_replicas=size, rank=rank, seed=seed)
+    else:
+        sampler = DistributedSampler(run.train_set, num_replicas=size, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)  # seed + epoch == epoch_seed(config, epoch)
+    return sampler
 
 
 def train_loader(run: Run, epoch: int) -> DataLoader:
     config = run.config
-    generator = torch.Generator().manual_seed(epoch_seed(config, epoch))
-    run.train_set.transform.reseed(epoch_seed(config, epoch))
-    torch.manual_seed(epoch_seed(config, epoch))  # mixup/cutmix draw from the global generator
-    if config.imbalance == "sampler":
-        weights = run.train_set.sample_weights(config.imbalance_power)
-        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
-    else:
-        sampler = RandomSampler(run.train_set, generator=generator)
+    seed = rank_seed(epoch_seed(config, epoch), run.world.rank)
+    generator = torch.Generator().manual_seed(seed)  # also seeds DataLoader workers: per rank
+    run.train_set.transform.reseed(seed)
+    torch.manual_seed(epoch_seed(config, epoch))  # mixup/cutmix draw from the global generator: alike on all ranks
     return DataLoader(
         run.train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
+        batch_size=local_batch_size(config, run.world),
+        sampler=train_sampler(run, epoch, generator),
         num_workers=config.num_workers,
         drop_last=True,
         generator=generator,
@@ -233,13 +293,14 @@ def train_one_epoch(run: Run, epoch: int, step: int) -> tuple[dict, int]:
         if config.grad_clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
         run.optimizer.step()
-        if run.ema is not None:
-            run.ema.update_parameters(model)
+        if run.ema is not None:  # weights are identical on every rank after the all-reduce, so are the EMAs
+            run.ema.update_parameters(unwrap(model))
         step += 1
         total_loss += loss.item() * len(labels)
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
+    total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], device)  # every rank's shard
     return {"train_loss": total_loss / seen, "train_accuracy": correct / seen, "lr": lr}, step
 
 
@@ -434,8 +495,21 @@ def finish(
 # --- the run ----------------------------------------------------------------------------------------
 
 
+def say(message: str) -> None:
+    """``print`` on rank 0 only, so N processes do not print N copies."""
+    if is_main_process():
+        print(message, flush=True)
+
+
 def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, progress: bool = True) -> Path:
-    """Train (or resume) the run in ``out``; returns the calibrated bundle folder."""
+    """Train (or resume) the run in ``out``; returns the calibrated bundle folder.
+
+    Under ``torchrun`` every rank calls this; rank 0 writes every file and the bundle, the other ranks
+    return the bundle's path as soon as training ends, without waiting for rank 0 to finish it.
+    """
+    world, device = init_distributed(resolve_device(config.device))
+    local_batch_size(config, world)  # refuse a global batch that does not divide over the ranks, now
+    progress = progress and world.main
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
     state = load_training_state(state_path) if state_path.exists() else None
@@ -444,13 +518,14 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
             f"{out} holds a run with a different config ({out / 'config.json'}); use another --out folder "
             "or delete it to start afresh"
         )
-    atomic_write_text(out / "config.json", json.dumps(config.model_dump(), indent=2) + "\n")
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
+    if world.main:
+        atomic_write_text(out / "config.json", json.dumps(config.model_dump(), indent=2) + "\n")
+    seed_everything(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
 
     manifest, policies = training_manifest(config, data_root=data_root, progress=progress)
     columns = ["image_id", "source", "diagnosis", "triage_group", "acquisition", "split"]
-    atomic_write_text(out / SPLITS_FILE, manifest.frame[columns].to_csv(index=False))
+    if world.main:
+        atomic_write_text(out / SPLITS_FILE, manifest.frame[columns].to_csv(index=False))
     frame = manifest.frame
     class_names = class_names_for(config, frame[frame.split == "train"])
     summary = data_summary(manifest, policies)
@@ -486,7 +561,7 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
     ]
     run = Run(
         config=config,
-        model=model,
+        model=wrap(model, device),  # DistributedDataParallel under torchrun; `model` stays the bare module
         ema=ema,
         optimizer=make_optimizer(config, model),
         train_set=train_set,
@@ -495,6 +570,7 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
         mix=v2.RandomChoice(mixes) if mixes else None,
         device=device,
         progress=progress,
+        world=world,
     )
 
     start_epoch, step, history, best_score, stale = 0, 0, [], -1.0, 0
@@ -505,46 +581,80 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
         run.optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         best_score, stale = state["best_score"], state["stale_epochs"]
-        print(
+        say(
             f"resuming {out} after epoch {start_epoch} of {config.epochs} (best val balanced accuracy {best_score:.4f})"
         )
 
-    print(
+    say(
         f"training {config.model} on {len(train_set)} images ({', '.join(class_names)}), validating on "
         f"{len(val_set)}; {device}, {torch.get_num_threads()} threads"
+        + (f", {world.size} processes of {local_batch_size(config, world)} images a step" if world.distributed else "")
     )
     for epoch in range(start_epoch, config.epochs):
         if config.early_stopping_patience is not None and stale >= config.early_stopping_patience:
             break
         started = time.perf_counter()
         row, step = train_one_epoch(run, epoch, step)
-        row = {"epoch": epoch + 1, **row, **validation_metrics(run), "seconds": time.perf_counter() - started}
-        history.append(row)
-        write_log(out / LOG_FILE, history)
-        if row["val_balanced_accuracy"] > best_score:
-            best_score, stale = row["val_balanced_accuracy"], 0
-            with atomic_path(out / BEST_FILE) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in run.eval_model.state_dict().items()}, str(tmp))
-        else:
-            stale += 1
-        save_training_state(
-            state_path,
-            {
-                "config": config.model_dump(),
-                "epoch": epoch + 1,
-                "step": step,
-                "history": history,
-                "best_score": best_score,
-                "stale_epochs": stale,
-                "model": model.state_dict(),
-                "ema": ema.state_dict() if ema is not None else {},
-                "optimizer": run.optimizer.state_dict(),
-            },
-        )
-        print(
-            f"epoch {epoch + 1:3d}  loss {row['train_loss']:.3f}  val bal. acc {row['val_balanced_accuracy']:.4f}  "
-            f"macro AUC {row['val_macro_auc']:.4f}  referral AUC {row['val_referral_auc']:.4f}  "
-            f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""),
-            flush=True,
-        )
+        if world.main:  # rank 0 alone validates, logs and checkpoints; the other ranks wait for its verdict
+            row = {"epoch": epoch + 1, **row, **validation_metrics(run), "seconds": time.perf_counter() - started}
+            history.append(row)
+            write_log(out / LOG_FILE, history)
+            if row["val_balanced_accuracy"] > best_score:
+                best_score, stale = row["val_balanced_accuracy"], 0
+                with atomic_path(out / BEST_FILE) as tmp:
+                    weights = run.eval_model.state_dict()
+                    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
+            else:
+                stale += 1
+            save_training_state(
+                state_path,
+                {
+                    "config": config.model_dump(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "history": history,
+                    "best_score": best_score,
+                    "stale_epochs": stale,
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else {},
+                    "optimizer": run.optimizer.state_dict(),
+                },
+            )
+            print(
+                f"epoch {epoch + 1:3d}  loss {row['train_loss']:.3f}  val bal. acc {row['val_balanced_accuracy']:.4f}  "
+                f"macro AUC {row['val_macro_auc']:.4f}  referral AUC {row['val_referral_auc']:.4f}  "
+                f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""),
+                flush=True,
+            )
+        stale = broadcast_object(stale)  # so every rank stops early at the same epoch, or none does
+    barrier()
+    if not world.main:
+        return out / "bundle"
     return finish(config, out, manifest, class_names, summary, data_root=data_root, progress=progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m skintriage.train CONFIG [--out DIR] [--data-root DIR]``: the entry point for ``torchrun``.
+
+    ``skintriage train`` is the everyday command; this one exists because ``torchrun -m`` needs a module
+    to run, and it takes the same arguments.
+    """
+    parser = argparse.ArgumentParser(prog="python -m skintriage.train", description=__doc__.split("\n")[0])
+    parser.add_argument("config", type=Path, help="YAML config, e.g. configs/benchmark_cpu.yaml")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
+    parser.add_argument("--data-root", type=Path, help="overrides the config's data_root")
+    parser.add_argument("--epochs", type=int, help="overrides the config's epochs")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, **{"epochs": args.epochs, **parse_overrides(args.set)})
+        bundle = train(config, out=args.out or Path("runs") / config.name, data_root=args.data_root)
+        say(f"bundle written to {bundle}")
+    except ConfigError as error:
+        parser.exit(2, f"error: {error}\n")
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -59,9 +59,16 @@ def fit_class_gaussians(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.
 
 def mahalanobis_to_nearest_mean(embeddings: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Distance of each embedding to its nearest class mean under the shared covariance."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    difference = x[:, None, :] - means[None, :, :]  # (n, k, D)
-    squared = np.einsum("nkd,de,nke->nk", difference, precision, difference)
+    # (x - m)' P (x - m), expanded into x'Px - x'Pm - m'Px + m'Pm: matrix products instead of an
+    # (n, k, D) x (D, D) einsum, which numpy runs as a plain C loop (5 ms per image for a 512-d embedding
+    # and 11 classes). The products run in torch, not numpy: numpy's OpenBLAS keeps its own threads
+    # spinning after a call, and on a 2-core machine they fight torch's threads in the next forward pass
+    # (measured: 13 ms added to a 12 ms batch-1 prediction). P need not be symmetric.
+    x = torch.as_tensor(np.asarray(embeddings, dtype=np.float64))
+    m = torch.as_tensor(np.asarray(means, dtype=np.float64))
+    p = torch.as_tensor(np.asarray(precision, dtype=np.float64))
+    xp, mp = x @ p, m @ p
+    squared = ((xp * x).sum(1)[:, None] - xp @ m.T - x @ mp.T + (mp * m).sum(1)[None, :]).numpy()  # (n, k)
     return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-# 40 megapixels covers any current phone or dermatoscope; a larger image is refused before decoding.
+# 40 megapixels covers most phones and every dermatoscope; a larger JPEG (108 MP phones) is decoded at a
+# reduced scale that fits, any other larger image is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
 
 ImageSource = str | os.PathLike[str] | bytes | BinaryIO
@@ -35,23 +36,14 @@ def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: in
     """
     label = name or (str(source) if isinstance(source, str | os.PathLike) else "image")
     data = _read_bytes(source, label)
-    if not data:
-        raise ImageDecodeError(f"{label}: the file is empty (0 bytes)")
-    if len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
-        raise ImageDecodeError(
-            f"{label}: HEIC/HEIF/AVIF photos are not supported; convert it to JPEG or PNG "
-            "(on a phone: share or export as JPEG) and try again"
-        )
+    problem = _content_problem(data[:16])
+    if problem:
+        raise ImageDecodeError(f"{label}: {problem}")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width <= 0 or height <= 0:
-                raise ImageDecodeError(f"{label}: the image has zero size ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"{label}: {width}x{height} pixels is larger than the limit of {max_pixels:,} pixels; "
-                    "downscale the photo and try again"
-                )
+            problem = _fit_to_budget(image, max_pixels)
+            if problem:
+                raise ImageDecodeError(f"{label}: {problem}")
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)  # animated GIF/PNG/TIFF: the first frame is the picture
             image.load()
@@ -60,11 +52,60 @@ def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: in
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{label}: not a recognised image file (JPEG, PNG, TIFF, BMP, GIF, WebP)") from None
+        raise ImageDecodeError(f"{label}: {NOT_AN_IMAGE}") from None
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(f"{label}: refused as a possible decompression bomb ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"{label}: the image is truncated or corrupt ({error})") from None
+    except Exception as error:  # a damaged file can raise almost anything inside Pillow: OSError, SyntaxError,
+        # ValueError, and from a corrupt TIFF header TypeError, KeyError, struct.error...
+        detail = str(error) or type(error).__name__
+        raise ImageDecodeError(f"{label}: the image is truncated or corrupt ({detail})") from None
+
+
+NOT_AN_IMAGE = "not a recognised image file (JPEG, PNG, TIFF, BMP, GIF, WebP)"
+HEIF_REFUSED = (
+    "HEIC/HEIF/AVIF photos are not supported; convert it to JPEG or PNG (on a phone: share or export as JPEG) "
+    "and try again"
+)
+
+
+def _content_problem(head: bytes) -> str | None:
+    """What is wrong with a file, judged from its first bytes: empty, or a HEIF container Pillow cannot read."""
+    if not head:
+        return "file is empty (0 bytes)"
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return HEIF_REFUSED
+    return None
+
+
+def _fit_to_budget(image: Image.Image, max_pixels: int) -> str | None:
+    """Check an opened image's size against ``max_pixels``; a larger JPEG is set to decode at a reduced scale.
+
+    Returns the problem (zero size, too many pixels), or ``None`` when the image can be decoded.
+    """
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        return f"the image has zero size ({width}x{height})"
+    if width * height > max_pixels and isinstance(image, JpegImagePlugin.JpegImageFile):
+        _draft_within(image, max_pixels)  # a 108 MP phone JPEG: decode at 1/2, 1/4 or 1/8 scale
+    if image.width * image.height > max_pixels:
+        return (
+            f"{width}x{height} pixels is larger than the limit of {max_pixels:,} pixels; "
+            "downscale the photo and try again"
+        )
+    return None
+
+
+def _draft_within(image: Image.Image, max_pixels: int) -> None:
+    """Make a JPEG decode at the mildest DCT scale (1/2, then 1/4, then 1/8) whose size fits ``max_pixels``.
+
+    libjpeg scales while it decodes, so a 12000x9000 photo costs the time and memory of 6000x4500 (the
+    model sees 128 px anyway). Left unchanged when even 1/8 does not fit; the caller then refuses it.
+    """
+    width, height = image.size
+    for scale in (2, 4, 8):
+        if -(-width // scale) * -(-height // scale) <= max_pixels:
+            image.draft(image.mode, (width // scale, height // scale))
+            return
 
 
 def decode_array(array: np.ndarray, *, name: str) -> Image.Image:
@@ -128,21 +169,30 @@ def _read_bytes(source: ImageSource, label: str) -> bytes:
     return source.read()
 
 
-def image_header_problem(path: Path) -> str | None:
-    """Cheap readability check for manifest validation: the file exists and has an image header.
+def image_header_problem(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Cheap readability check for manifest validation: the file exists and has a usable image header.
 
     Decoding every pixel of a large dataset on each load would be slow; the header is enough to catch
-    missing, empty and non-image files. Full decoding is :func:`decode_image`'s job.
+    missing, empty, HEIC, non-image, oversized and decompression-bomb files, with the same wording as
+    :func:`decode_image`. A file whose pixel data is truncated passes here and fails when decoded.
     """
     if not path.is_file():
         return "file not found"
-    if path.stat().st_size == 0:
-        return "file is empty (0 bytes)"
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as error:
-        return f"not a readable image ({error.__class__.__name__})"
-    if width <= 0 or height <= 0:
-        return f"image has zero size ({width}x{height})"
-    return None
+        file = path.open("rb")
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    try:
+        with file:
+            problem = _content_problem(file.read(16))
+            if problem:
+                return problem
+            file.seek(0)
+            with Image.open(file) as image:
+                return _fit_to_budget(image, max_pixels)
+    except UnidentifiedImageError:
+        return NOT_AN_IMAGE
+    except Image.DecompressionBombError as error:
+        return f"refused as a possible decompression bomb ({error})"
+    except Exception as error:  # as in decode_image: a damaged header can raise almost anything inside Pillow
+        return f"the image is truncated or corrupt ({str(error) or type(error).__name__})"

@@ -40,6 +40,9 @@ def read_table(path: Path, *, required: Sequence[str], delimiter: str | None = N
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         header = [name.strip() for name in next(reader)]
+        twice = sorted({name for name in header if name and header.count(name) > 1})
+        if twice:
+            raise MetadataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
         missing = [column for column in required if column not in header]
         if missing:
             raise MetadataError(

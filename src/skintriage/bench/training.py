@@ -1,0 +1,155 @@
+"""Training throughput: the real ``train_one_epoch`` vs a plain reference loop vs the model alone.
+
+*Ours* is :func:`skintriage.train.train_one_epoch` on a :class:`~skintriage.train.Run` assembled from
+train.py's public pieces exactly as :func:`~skintriage.train.train` assembles it (config, preset,
+dataset with its decode cache, channels-last model, EMA, optimiser, sampler), over a manifest of
+``steps x batch_size`` images, so one call is ``steps`` optimiser steps. The decode cache is filled
+before timing, as it is from the second epoch of a real run on.
+
+*Reference* is :mod:`skintriage.bench.references`' MedMNIST-style loop on the same files: PIL +
+torchvision transforms from disk every step, a default DataLoader, Adam, no EMA.
+
+*Model only* is forward + backward + optimiser step + EMA update of the same architecture on a fixed,
+pre-made batch: the ceiling for any data pipeline. ``ours / model_only`` close to 1 shows the data
+pipeline is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+
+from skintriage.bench import references
+from skintriage.bench.samples import TrainingImages
+from skintriage.bench.timing import interleaved, ratio
+from skintriage.config import TrainConfig
+from skintriage.data.dataset import ManifestDataset
+from skintriage.data.presets import ClassificationPresetTrain
+from skintriage.inference import resolve_device
+from skintriage.models import create_model
+from skintriage.train import Run, class_names_for, make_optimizer, train_one_epoch
+
+TRAINING_TARGET_RATIO = 1.5
+
+
+def build_run(config: TrainConfig, training: TrainingImages, *, device: torch.device) -> Run:
+    """A :class:`Run` over ``training.manifest`` built as :func:`skintriage.train.train` builds one.
+
+    train.py has no public constructor for a Run (train() builds it inline), so this mirrors those
+    lines; validation is not run by ``train_one_epoch``, so the validation loader is an empty stand-in.
+    """
+    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+        raise ValueError("the training benchmark does not reproduce mixup/cutmix; the benchmark config has none")
+    manifest = training.manifest
+    class_names = class_names_for(config, manifest.frame)
+    train_set = ManifestDataset(
+        manifest,
+        transform=ClassificationPresetTrain(input_size=config.input_size, seed=config.seed),
+        class_names=class_names,
+        mask_watermark_sources=[s.name for s in config.sources if s.mask_watermark],
+        cache_side=config.cache_side,
+    )
+    model = create_model(config.model, num_classes=len(class_names), input_size=config.input_size, stem=config.stem)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    ema = None
+    if config.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    return Run(
+        config=config,
+        model=model,
+        ema=ema,
+        optimizer=make_optimizer(config, model),
+        train_set=train_set,
+        val_loader=DataLoader([]),
+        loss_weight=train_set.class_weights(config.imbalance_power).to(device) if config.imbalance == "loss" else None,
+        mix=None,
+        device=device,
+        progress=False,
+    )
+
+
+def model_only_step(config: TrainConfig, *, num_classes: int, device: torch.device):
+    """A closure running one optimiser step of a fresh model on a fixed batch (channels-last, EMA, AdamW)."""
+    model = create_model(config.model, num_classes=num_classes, input_size=config.input_size, stem=config.stem)
+    model = model.to(device).to(memory_format=torch.channels_last).train()
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay or 0.998), use_buffers=True)
+    optimizer = make_optimizer(config, model)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(config.batch_size, 3, config.input_size, config.input_size, generator=generator)
+    images = images.to(device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (config.batch_size,), generator=generator).to(device)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if config.ema_decay is not None:
+            ema.update_parameters(model)
+
+    return step
+
+
+def training_throughput(
+    config: TrainConfig, training: TrainingImages, *, steps: int, warmup: int, repeats: int, progress: bool = True
+) -> dict:
+    """Images/s of ours, the reference loop and the model alone, each run ``steps`` steps per timed call."""
+    device = resolve_device(config.device)
+    images = steps * config.batch_size
+    if len(training.manifest) < images:
+        raise ValueError(f"need {images} training images for {steps} steps of {config.batch_size}")
+    run = build_run(config, training, device=device)
+    for row in range(len(run.train_set)):  # fill the decode cache, as epoch 1 of a real run does
+        run.train_set.pixels(row)
+    paths = [Path(training.manifest.root) / location for location in training.manifest.frame["image"]]
+    reference_model, reference_optimizer, reference_loader = references.training_setup(
+        paths,
+        run.train_set.labels.tolist(),
+        num_classes=run.train_set.num_classes,
+        size=config.input_size,
+        batch_size=config.batch_size,
+    )
+    model_step = model_only_step(config, num_classes=run.train_set.num_classes, device=device)
+
+    def model_only(round_: int) -> None:
+        for _ in range(steps):
+            model_step()
+
+    timings = interleaved(
+        {
+            "ours": lambda r: train_one_epoch(run, r, r * steps),
+            "reference": lambda r: references.train_epoch(reference_model, reference_optimizer, reference_loader),
+            "model_only": model_only,
+        },
+        warmup=warmup,
+        repeats=repeats,
+        items={"ours": images, "reference": images, "model_only": images},
+        description="training",
+        progress=progress,
+    )
+    ours, reference, ceiling = (timings[n].per_second for n in ("ours", "reference", "model_only"))
+    return {
+        "images": training.origin,
+        "config": {
+            "model": config.model,
+            "input_size": config.input_size,
+            "batch_size": config.batch_size,
+            "optimizer": config.optimizer,
+            "ema_decay": config.ema_decay,
+            "imbalance": config.imbalance,
+            "cache_side": config.cache_side,
+        },
+        "steps_per_run": steps,
+        "ours": timings["ours"].throughput(),
+        "reference": timings["reference"].throughput(),
+        "model_only": timings["model_only"].throughput(),
+        "ratio": ratio(ours, reference),
+        "target_ratio": TRAINING_TARGET_RATIO,
+        "meets_target": ratio(ours, reference) >= TRAINING_TARGET_RATIO,
+        "ours_over_model_only": ratio(ours, ceiling),
+        "device": str(device),
+    }
