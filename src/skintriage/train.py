@@ -230,6 +230,46 @@ class Run:
         return self.ema.module if self.ema is not None else unwrap(self.model)
 
 
+def build_run(
+    config: TrainConfig,
+    *,
+    train_set: ManifestDataset,
+    val_loader: DataLoader,
+    device: torch.device,
+    world: World | None = None,
+    progress: bool = True,
+) -> Run:
+    """A fresh model (channels-last, wrapped in DDP under torchrun), its EMA, optimiser, loss weight and mixing.
+
+    The one place a run is assembled: :func:`train` and the training benchmark (``skintriage bench``) both use it.
+    """
+    world = world or World()
+    classes = len(train_set.class_names)
+    model = create_model(config.model, num_classes=classes, input_size=config.input_size, stem=config.stem)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    ema = None
+    if config.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    mixes = [
+        mixer(alpha=alpha, num_classes=classes)
+        for alpha, mixer in ((config.mixup_alpha, v2.MixUp), (config.cutmix_alpha, v2.CutMix))
+        if alpha > 0
+    ]
+    return Run(
+        config=config,
+        model=wrap(model, device),  # DistributedDataParallel under torchrun, else the bare module
+        ema=ema,
+        optimizer=make_optimizer(config, model),
+        train_set=train_set,
+        val_loader=val_loader,
+        loss_weight=train_set.class_weights(config.imbalance_power).to(device) if config.imbalance == "loss" else None,
+        mix=v2.RandomChoice(mixes) if mixes else None,
+        device=device,
+        progress=progress,
+        world=world,
+    )
+
+
 def train_sampler(run: Run, epoch: int, generator: torch.Generator) -> Sampler[int]:
     """The epoch's order of training images: class-balanced with ``imbalance: sampler``, else a shuffle.
 
@@ -549,29 +589,15 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
         mask_watermark_sources=masked,
         cache_side=config.cache_side,
     )
-    model = create_model(config.model, num_classes=len(class_names), input_size=config.input_size, stem=config.stem)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    ema = None
-    if config.ema_decay is not None:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    mixes = [
-        mixer(alpha=alpha, num_classes=len(class_names))
-        for alpha, mixer in ((config.mixup_alpha, v2.MixUp), (config.cutmix_alpha, v2.CutMix))
-        if alpha > 0
-    ]
-    run = Run(
-        config=config,
-        model=wrap(model, device),  # DistributedDataParallel under torchrun; `model` stays the bare module
-        ema=ema,
-        optimizer=make_optimizer(config, model),
+    run = build_run(
+        config,
         train_set=train_set,
         val_loader=DataLoader(val_set, batch_size=config.batch_size * 2, num_workers=config.num_workers),
-        loss_weight=train_set.class_weights(config.imbalance_power).to(device) if config.imbalance == "loss" else None,
-        mix=v2.RandomChoice(mixes) if mixes else None,
         device=device,
-        progress=progress,
         world=world,
+        progress=progress,
     )
+    model, ema = unwrap(run.model), run.ema
 
     start_epoch, step, history, best_score, stale = 0, 0, [], -1.0, 0
     if state is not None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
+from skintriage import train
 from skintriage.bench import references
 from skintriage.bench.samples import TrainingImages
 from skintriage.bench.timing import interleaved, ratio
@@ -37,39 +38,16 @@ TRAINING_TARGET_RATIO = 1.5
 
 
 def build_run(config: TrainConfig, training: TrainingImages, *, device: torch.device) -> Run:
-    """A :class:`Run` over ``training.manifest`` built as :func:`skintriage.train.train` builds one.
-
-    train.py has no public constructor for a Run (train() builds it inline), so this mirrors those
-    lines; validation is not run by ``train_one_epoch``, so the validation loader is an empty stand-in.
-    """
-    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
-        raise ValueError("the training benchmark does not reproduce mixup/cutmix; the benchmark config has none")
-    manifest = training.manifest
-    class_names = class_names_for(config, manifest.frame)
+    """A :class:`Run` over ``training.manifest`` as :func:`skintriage.train.train` builds one (no validation:
+    ``train_one_epoch`` does not validate, so the validation loader is empty)."""
     train_set = ManifestDataset(
-        manifest,
+        training.manifest,
         transform=ClassificationPresetTrain(input_size=config.input_size, seed=config.seed),
-        class_names=class_names,
+        class_names=class_names_for(config, training.manifest.frame),
         mask_watermark_sources=[s.name for s in config.sources if s.mask_watermark],
         cache_side=config.cache_side,
     )
-    model = create_model(config.model, num_classes=len(class_names), input_size=config.input_size, stem=config.stem)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    ema = None
-    if config.ema_decay is not None:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    return Run(
-        config=config,
-        model=model,
-        ema=ema,
-        optimizer=make_optimizer(config, model),
-        train_set=train_set,
-        val_loader=DataLoader([]),
-        loss_weight=train_set.class_weights(config.imbalance_power).to(device) if config.imbalance == "loss" else None,
-        mix=None,
-        device=device,
-        progress=False,
-    )
+    return train.build_run(config, train_set=train_set, val_loader=DataLoader([]), device=device, progress=False)
 
 
 def model_only_step(config: TrainConfig, *, num_classes: int, device: torch.device):
