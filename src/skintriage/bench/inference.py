@@ -14,7 +14,6 @@ channels-last, to show what batching and memory format are worth on this machine
 from __future__ import annotations
 
 import copy
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -24,8 +23,7 @@ from skintriage.bench import references
 from skintriage.bench.samples import ImageSet
 from skintriage.bench.timing import interleaved, ratio
 from skintriage.checkpoint import load_bundle
-from skintriage.data.images import ImageDecodeError, decode_image
-from skintriage.data.prefetch import prefetch_decoded
+from skintriage.data.images import decode_image
 from skintriage.explain import saliency
 from skintriage.inference import forward
 from skintriage.predict import FileError, Predictor
@@ -100,32 +98,6 @@ def _consume_files(predictor: Predictor, paths: list[Path], batch_size: int) -> 
         raise RuntimeError(f"benchmark images failed to decode: {failures[0].error}")
 
 
-def predict_files_prefetched(predictor: Predictor, paths: list[Path], *, batch_size: int) -> int:
-    """``predict_files`` with decoding done ahead in a background thread (:mod:`skintriage.data.prefetch`).
-
-    The change proposed for :meth:`Predictor.predict_files`, measured here beside the current path
-    before it is made; returns the number of predictions.
-    """
-    batch, done = [], 0
-    for path, decoded in prefetch_decoded(paths):
-        try:
-            batch.append((str(path), decoded.result()))
-        except (ImageDecodeError, OSError) as error:
-            raise RuntimeError(f"benchmark image failed to decode: {error}") from None
-        if len(batch) >= batch_size:
-            done += len(predictor.predict_batch([i for _, i in batch], files=[f for f, _ in batch]))
-            batch.clear()
-    if batch:
-        done += len(predictor.predict_batch([i for _, i in batch], files=[f for f, _ in batch]))
-    return done
-
-
-def channels_last_predictor(predictor: Predictor) -> Predictor:
-    """A predictor on a channels-last copy of the same weights (PyTorch backend), for the side-by-side row."""
-    model = copy.deepcopy(predictor.bundle.model).to(memory_format=torch.channels_last)
-    return Predictor(dataclasses.replace(predictor.bundle, model=model))
-
-
 def throughput(
     predictor: Predictor,
     images: ImageSet,
@@ -140,17 +112,14 @@ def throughput(
     size = int(predictor.bundle.metadata["preprocessing"]["input_size"])
     reference_model = load_bundle(predictor.bundle.path).model.eval()  # same weights, its own instance
     count = len(paths)
-    channels_last = channels_last_predictor(predictor)
     folder = interleaved(
         {
             "ours": lambda r: _consume_files(predictor, paths, batch_size),
             "reference": lambda r: references.predict_folder(reference_model, paths, size=size),
-            "ours_prefetch": lambda r: predict_files_prefetched(predictor, paths, batch_size=batch_size),
-            "ours_channels_last": lambda r: _consume_files(channels_last, paths, batch_size),
         },
         warmup=warmup,
         repeats=repeats,
-        items={"ours": count, "reference": count, "ours_prefetch": count, "ours_channels_last": count},
+        items={"ours": count, "reference": count},
         description="throughput",
         progress=progress,
     )
@@ -164,10 +133,6 @@ def throughput(
         "ratio": ratio(ours, reference),
         "target_ratio": THROUGHPUT_TARGET_RATIO,
         "meets_target": ratio(ours, reference) >= THROUGHPUT_TARGET_RATIO,
-        "variants": {  # candidate changes to ours, measured in the same loop; ratio to ours as it is
-            name: {**folder[name].throughput(), "ratio_to_ours": ratio(folder[name].per_second, ours)}
-            for name in ("ours_prefetch", "ours_channels_last")
-        },
         "forward_only": forward_layouts(
             predictor.bundle.model,
             size=size,
