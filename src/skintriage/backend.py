@@ -16,16 +16,14 @@ Saliency (Grad-CAM) needs gradients and always runs on the PyTorch model, whatev
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
+from skintriage.bench.timing import interleaved
 from skintriage.checkpoint import Bundle
 from skintriage.inference import forward
 from skintriage.onnx_backend import ONNX_FILE, OnnxModelError, OnnxRunner, compare_outputs
@@ -102,13 +100,6 @@ def _checked_runner(bundle: Bundle, path: Path) -> OnnxRunner:
 
 def _median_latencies_ms(bundle: Bundle, runner: OnnxRunner, *, repeats: int) -> dict[str, float]:
     pixels = _probe(bundle)
-    engines = {"torch": lambda: _torch_forward(bundle, pixels), "onnx": lambda: runner(pixels)}
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for run in engines.values():  # warm-up: first calls allocate and pick kernels
-        run()
-    for _ in range(repeats):
-        for name, run in engines.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: float(np.round(statistics.median(values), 3)) for name, values in times.items()}
+    engines = {"torch": lambda _: _torch_forward(bundle, pixels), "onnx": lambda _: runner(pixels)}
+    timings = interleaved(engines, warmup=1, repeats=repeats, progress=False)  # the benchmark's own timer
+    return {name: round(1e3 * timing.p50, 3) for name, timing in timings.items()}

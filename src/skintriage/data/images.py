@@ -51,14 +51,19 @@ def decode_image(source: ImageSource, *, name: str | None = None, max_pixels: in
             return to_rgb(upright)
     except ImageDecodeError:
         raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"{label}: {NOT_AN_IMAGE}") from None
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{label}: refused as a possible decompression bomb ({error})") from None
-    except Exception as error:  # a damaged file can raise almost anything inside Pillow: OSError, SyntaxError,
-        # ValueError, and from a corrupt TIFF header TypeError, KeyError, struct.error...
-        detail = str(error) or type(error).__name__
-        raise ImageDecodeError(f"{label}: the image is truncated or corrupt ({detail})") from None
+    except Exception as error:
+        raise ImageDecodeError(f"{label}: {_pillow_problem(error)}") from None
+
+
+def _pillow_problem(error: Exception) -> str:
+    """What an exception raised inside Pillow means for the user (the decoder's and the header check's wording)."""
+    if isinstance(error, UnidentifiedImageError):
+        return NOT_AN_IMAGE
+    if isinstance(error, Image.DecompressionBombError):
+        return f"refused as a possible decompression bomb ({error})"
+    # a damaged file can raise almost anything inside Pillow: OSError, SyntaxError, ValueError, and from a
+    # corrupt TIFF header TypeError, KeyError, struct.error...
+    return f"the image is truncated or corrupt ({str(error) or type(error).__name__})"
 
 
 NOT_AN_IMAGE = "not a recognised image file (JPEG, PNG, TIFF, BMP, GIF, WebP)"
@@ -190,9 +195,5 @@ def image_header_problem(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             file.seek(0)
             with Image.open(file) as image:
                 return _fit_to_budget(image, max_pixels)
-    except UnidentifiedImageError:
-        return NOT_AN_IMAGE
-    except Image.DecompressionBombError as error:
-        return f"refused as a possible decompression bomb ({error})"
-    except Exception as error:  # as in decode_image: a damaged header can raise almost anything inside Pillow
-        return f"the image is truncated or corrupt ({str(error) or type(error).__name__})"
+    except Exception as error:
+        return _pillow_problem(error)
