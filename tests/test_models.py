@@ -20,7 +20,16 @@ from skintriage.models import (
     load_weights,
 )
 
-EXPECTED = ["convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "resnet18", "resnet34", "resnet50"]
+EXPECTED = [
+    "convnext_tiny",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "efficientnet_lite2",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+]
 
 
 def test_list_models_is_the_registry():

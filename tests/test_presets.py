@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from skintriage.data.presets import (
-    NORMALIZATION,
+    IMAGENET_NORMALIZATION,
     CircularVignette,
     ClassificationPresetEval,
     ClassificationPresetTrain,
@@ -39,12 +39,12 @@ def test_any_rgb_size_gives_a_normalised_float_chw_tensor(size):
 
 
 def test_eval_normalises_with_the_one_normalization_constant():
-    mean = np.array(NORMALIZATION["mean"]) * 255
+    mean = np.array(IMAGENET_NORMALIZATION.mean) * 255
     image = np.broadcast_to(mean.round().astype(np.uint8), (300, 400, 3)).copy()
     out = ClassificationPresetEval(input_size=32)(image)
     assert out.abs().max() < 0.02  # the mean colour maps to 0
     white = ClassificationPresetEval(input_size=32)(np.full((50, 60, 3), 255, np.uint8))
-    expected = (1 - torch.tensor(NORMALIZATION["mean"])) / torch.tensor(NORMALIZATION["std"])
+    expected = (1 - torch.tensor(IMAGENET_NORMALIZATION.mean)) / torch.tensor(IMAGENET_NORMALIZATION.std)
     assert torch.allclose(white[:, 5, 5], expected, atol=1e-4)
     assert torch.allclose(denormalize(white)[:, 5, 5], torch.ones(3), atol=1e-4)
 

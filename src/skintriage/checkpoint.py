@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,12 @@ def save_bundle(
     full = {
         **metadata,  # first: the fields below describe the file and may not be overridden
         "format_version": BUNDLE_FORMAT,
-        "architecture": {"name": config.name, "num_classes": config.num_classes, "stem": config.stem},
+        "architecture": {
+            "name": config.name,
+            "num_classes": config.num_classes,
+            "stem": config.stem,
+            "pretrained": config.pretrained or "none",  # the weights training started from
+        },
         "taxonomy_version": TAXONOMY_VERSION,
         "code_version": code_version(),
         "weights_dtype": "float16" if half else "float32",
@@ -234,6 +239,8 @@ def load_bundle(directory: Path | str, *, device: str | torch.device = "cpu") ->
         input_size=int(metadata["preprocessing"]["input_size"]),
         stem=architecture.get("stem", "auto"),
     )
+    # what training started from, kept so that re-saving the bundle (refitted gates) does not lose it
+    model.skintriage_config = replace(model.skintriage_config, pretrained=architecture.get("pretrained"))
     state = {key: tensor.float() if tensor.is_floating_point() else tensor for key, tensor in state.items()}
     try:
         model.load_state_dict(state, strict=True)

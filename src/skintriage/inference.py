@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from skintriage.checkpoint import Bundle
 from skintriage.data.dataset import ManifestDataset
-from skintriage.data.presets import ClassificationPresetEval
+from skintriage.data.presets import ClassificationPresetEval, Normalization
 from skintriage.data.records import Manifest
 from skintriage.models import feature_maps, get_head, head_inputs
 
@@ -94,10 +94,17 @@ def predict_logits(
     return outputs.logits, outputs.labels, outputs.rows
 
 
+def bundle_normalization(bundle: Bundle) -> Normalization:
+    """The input normalisation the bundle was trained with (its backbone's pretrained-weight convention)."""
+    return Normalization.from_dict(bundle.metadata["preprocessing"]["normalization"])
+
+
 def eval_preset(bundle: Bundle) -> ClassificationPresetEval:
     preprocessing = bundle.metadata["preprocessing"]
     return ClassificationPresetEval(
-        input_size=int(preprocessing["input_size"]), crop_fraction=float(preprocessing.get("crop_fraction", 1.0))
+        input_size=int(preprocessing["input_size"]),
+        crop_fraction=float(preprocessing.get("crop_fraction", 1.0)),
+        normalization=bundle_normalization(bundle),
     )
 
 

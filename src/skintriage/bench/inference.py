@@ -25,7 +25,7 @@ from skintriage.bench.timing import interleaved, ratio
 from skintriage.checkpoint import load_bundle
 from skintriage.data.images import decode_image
 from skintriage.explain import saliency
-from skintriage.inference import forward
+from skintriage.inference import bundle_normalization, forward
 from skintriage.predict import FileError, Predictor
 
 LATENCY_TARGETS_MS = {"without_saliency": 50.0, "with_saliency": 150.0}
@@ -115,7 +115,9 @@ def throughput(
     folder = interleaved(
         {
             "ours": lambda r: _consume_files(predictor, paths, batch_size),
-            "reference": lambda r: references.predict_folder(reference_model, paths, size=size),
+            "reference": lambda r: references.predict_folder(
+                reference_model, paths, size=size, normalization=bundle_normalization(predictor.bundle)
+            ),
         },
         warmup=warmup,
         repeats=repeats,

@@ -21,13 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from skintriage.data.presets import NORMALIZATION
+from skintriage.data.presets import IMAGENET_NORMALIZATION, Normalization
 
 
-def eval_transform(size: int) -> T.Compose:
+def eval_transform(size: int, normalization: Normalization = IMAGENET_NORMALIZATION) -> T.Compose:
     """Resize(size) + CenterCrop(size) + ToTensor + Normalize: the textbook evaluation transform."""
     return T.Compose(
-        [T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(NORMALIZATION["mean"], NORMALIZATION["std"])]
+        [T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(normalization.mean, normalization.std)]
     )
 
 
@@ -38,14 +38,16 @@ def train_transform(size: int) -> T.Compose:
             T.RandomResizedCrop(size),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
-            T.Normalize(NORMALIZATION["mean"], NORMALIZATION["std"]),
+            T.Normalize(IMAGENET_NORMALIZATION.mean, IMAGENET_NORMALIZATION.std),
         ]
     )
 
 
-def predict_folder(model: nn.Module, paths: Sequence[Path], *, size: int) -> list[np.ndarray]:
+def predict_folder(
+    model: nn.Module, paths: Sequence[Path], *, size: int, normalization: Normalization = IMAGENET_NORMALIZATION
+) -> list[np.ndarray]:
     """Softmax probabilities for each file, one at a time: open, transform, forward (batch 1, no threads)."""
-    transform = eval_transform(size)
+    transform = eval_transform(size, normalization)
     model.eval()
     out = []
     with torch.no_grad():

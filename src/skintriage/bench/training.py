@@ -31,7 +31,7 @@ from skintriage.config import TrainConfig
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetTrain
 from skintriage.inference import resolve_device
-from skintriage.models import create_model
+from skintriage.models import create_model, normalization_for
 from skintriage.train import Run, class_names_for, make_optimizer, train_one_epoch
 
 TRAINING_TARGET_RATIO = 1.5
@@ -42,7 +42,9 @@ def build_run(config: TrainConfig, training: TrainingImages, *, device: torch.de
     ``train_one_epoch`` does not validate, so the validation loader is empty)."""
     train_set = ManifestDataset(
         training.manifest,
-        transform=ClassificationPresetTrain(input_size=config.input_size, seed=config.seed),
+        transform=ClassificationPresetTrain(
+            input_size=config.input_size, normalization=normalization_for(config.model), seed=config.seed
+        ),
         class_names=class_names_for(config, training.manifest.frame),
         mask_watermark_sources=[s.name for s in config.sources if s.mask_watermark],
         cache_side=config.cache_side,

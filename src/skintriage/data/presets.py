@@ -9,8 +9,10 @@ returns a normalised ``float32`` tensor of shape (3, input_size, input_size)::
 
 Decisions:
 
-* **Normalisation** is defined once, in :data:`NORMALIZATION` (the ImageNet statistics, which
-  torchvision's pretrained weights expect; from-scratch models are indifferent to the exact values).
+* **Normalisation** is a :class:`Normalization` record passed to each preset: the convention of the
+  backbone's pretrained weights (the model registry says which; ImageNet statistics,
+  :data:`IMAGENET_NORMALIZATION`, by default; TensorFlow's ``(x - 127) / 128`` for EfficientNet-Lite).
+  A bundle records the one it was trained with, and evaluation reads it from there.
 * **Geometry.** Skin lesions have no canonical orientation, so horizontal and vertical flips and 90°
   rotations are label-preserving. ``RandomResizedCrop`` uses ``scale=(0.35, 1)`` rather than
   ImageNet's ``(0.08, 1)``: a lesion usually fills the middle of the picture and an 8 % crop would
@@ -41,6 +43,8 @@ Decisions:
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import albumentations as A
@@ -49,10 +53,24 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
-NORMALIZATION: dict[str, tuple[float, float, float]] = {
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-}
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``(x / 255 - mean) / std``: the input convention a backbone's weights were trained with."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Sequence[float]]) -> Normalization:
+        """From a bundle's ``preprocessing.normalization`` (``{"mean": [...], "std": [...]}``)."""
+        return cls(mean=tuple(float(v) for v in value["mean"]), std=tuple(float(v) for v in value["std"]))
+
+
+IMAGENET_NORMALIZATION = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 WATERMARK_CORNER = (0.25, 0.25)  # (height fraction, width fraction) of the bottom-left corner
 
@@ -200,6 +218,7 @@ class ClassificationPresetTrain(_Preset):
         noise_prob: float = 0.1,
         vignette_prob: float = 0.2,
         mask_watermark: bool = False,
+        normalization: Normalization = IMAGENET_NORMALIZATION,
         seed: int | None = None,
     ):
         self.input_size = input_size
@@ -220,7 +239,7 @@ class ClassificationPresetTrain(_Preset):
             ),
             A.GaussNoise(std_range=(0.01, 0.04), p=noise_prob),
             CircularVignette(p=vignette_prob),
-            A.Normalize(mean=NORMALIZATION["mean"], std=NORMALIZATION["std"], max_pixel_value=255.0),
+            A.Normalize(mean=normalization.mean, std=normalization.std, max_pixel_value=255.0),
             ToTensorV2(),
         ]
         self.transform = A.Compose(steps)
@@ -230,7 +249,14 @@ class ClassificationPresetTrain(_Preset):
 class ClassificationPresetEval(_Preset):
     """Evaluation: (watermark mask), short side to ``input_size / crop_fraction``, centre crop, normalise."""
 
-    def __init__(self, *, input_size: int, crop_fraction: float = 1.0, mask_watermark: bool = False):
+    def __init__(
+        self,
+        *,
+        input_size: int,
+        crop_fraction: float = 1.0,
+        mask_watermark: bool = False,
+        normalization: Normalization = IMAGENET_NORMALIZATION,
+    ):
         if not 0.0 < crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in (0, 1], not {crop_fraction}")
         self.input_size = input_size
@@ -241,15 +267,15 @@ class ClassificationPresetEval(_Preset):
         steps += [
             A.SmallestMaxSize(max_size=round(input_size / crop_fraction), area_for_downscale="image"),
             A.CenterCrop(height=input_size, width=input_size),
-            A.Normalize(mean=NORMALIZATION["mean"], std=NORMALIZATION["std"], max_pixel_value=255.0),
+            A.Normalize(mean=normalization.mean, std=normalization.std, max_pixel_value=255.0),
             ToTensorV2(),
         ]
         self.transform = A.Compose(steps)
         self.reseed(None)
 
 
-def denormalize(tensor: torch.Tensor) -> torch.Tensor:
-    """Undo :data:`NORMALIZATION` on a (..., 3, H, W) tensor, giving values in about 0..1 (for display)."""
-    mean = torch.tensor(NORMALIZATION["mean"], dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
-    std = torch.tensor(NORMALIZATION["std"], dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+def denormalize(tensor: torch.Tensor, normalization: Normalization = IMAGENET_NORMALIZATION) -> torch.Tensor:
+    """Undo ``normalization`` on a (..., 3, H, W) tensor, giving values in about 0..1 (for display)."""
+    mean = torch.tensor(normalization.mean, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    std = torch.tensor(normalization.std, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
     return tensor * std + mean
