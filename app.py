@@ -24,6 +24,7 @@ from pathlib import Path
 import gradio as gr
 
 from skintriage import DISCLAIMER
+from skintriage.acquisition import AUTO, check_request
 from skintriage.cards import inline_image_html, referral_card_html
 from skintriage.checkpoint import DEFAULT_BUNDLE
 from skintriage.data.images import ImageDecodeError, decode_image
@@ -36,6 +37,7 @@ DEFAULT_EXAMPLES = Path(__file__).resolve().parent.parent / "shared/data/ham1000
 MAX_EXAMPLES = 12
 OVERLAY_MAX_SIDE = 1600  # pixels, the longer side of the Grad-CAM overlay sent to the page
 CACHE_SWEEP_S = (300, 900)  # every 5 min, delete cached files older than 15 min (uploads never assessed)
+PHOTO_TYPES = [("Automatic", AUTO), ("Dermoscopic", "dermoscopic"), ("Clinical photo", "clinical")]  # label, value
 CONTEXT_FLAGS = {  # checkbox label -> ClinicalContext field
     "Asymptomatic (not tender)": "asymptomatic",
     "Expanding rapidly (within 3 months)": "rapid_growth",
@@ -120,7 +122,7 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
     card_path = predictor.bundle.path / "MODEL_CARD.md"
     model_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "No model card in this bundle."
 
-    def triage(image_path: str | None, age: float | None, site: str | None, flags: list[str]):
+    def triage(image_path: str | None, age: float | None, site: str | None, flags: list[str], photo_type: str = AUTO):
         if image_path is None:
             raise refusal("Upload a photograph of the lesion first.")
         try:
@@ -131,14 +133,16 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
             discard_upload(image_path, example_digests)
         try:
             context = context_from(age, site, flags)
+            acquisition = check_request(photo_type or AUTO)
         except ValueError as error:
             raise refusal(str(error)) from None
-        prediction = predictor.predict(image, context, with_saliency=True)
+        prediction = predictor.predict(image, context, with_saliency=True, acquisition=acquisition)
         card = referral_card_html(
             prediction.referral,
             malignancy_probability=prediction.malignancy_probability,
             class_call=prediction.class_call,
             uncertainty=None if prediction.uncertainty is None else prediction.uncertainty.score,
+            acquisition=prediction.acquisition,
         )
         label = {DIAGNOSES[c].name: p for c, p in prediction.probabilities.items()}
         guidance = render_markdown(kb, topics=prediction.guidance_topics) if prediction.guidance_topics else ""
@@ -185,6 +189,7 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                             elem_id="upload",
                         )
                     )
+                    photo_type = gr.Radio(choices=PHOTO_TYPES, value=AUTO, label="Photo type", elem_id="photo-type")
                     age, site, flags = context_inputs()
                     assess = gr.Button("Assess", variant="primary", elem_id="assess")
                     if examples:
@@ -202,7 +207,7 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                         raw = gr.JSON(elem_id="triage-json")
             assess.click(
                 triage,
-                inputs=[image, age, site, flags],
+                inputs=[image, age, site, flags, photo_type],
                 outputs=[card, probabilities, overlay, saliency_note, guidance, raw],
                 api_name="triage",
             )

@@ -197,17 +197,148 @@ def test_calibrate_refuses_a_validation_set_without_malignant_lesions():
         calibrate(logits, labels, CLASSES)
 
 
-def test_effective_training_prior_follows_the_sampling_power() -> None:
-    # n = (100, 25): power 0.5 draws in proportion sqrt(n) = (10, 5); power 1 balances; power 0 keeps the counts.
-    np.testing.assert_allclose(calibration.effective_training_prior([100, 25], 0.5), [2 / 3, 1 / 3])
-    np.testing.assert_allclose(calibration.effective_training_prior([100, 25], 1.0), [0.5, 0.5])
-    np.testing.assert_allclose(calibration.effective_training_prior([100, 25], 0.0), [0.8, 0.2])
-    with pytest.raises(ValueError, match="training images"):
-        calibration.effective_training_prior([100, 0], 0.5)
-
-
 def test_class_balanced_probabilities_divide_by_the_prior_and_can_change_the_call() -> None:
     # (0.6, 0.4) / (2/3, 1/3) = (0.9, 1.2) -> (0.9, 1.2) / 2.1: the rarer class wins.
     balanced = calibration.class_balanced_probabilities(np.array([[0.6, 0.4], [0.9, 0.1]]), [2 / 3, 1 / 3])
     np.testing.assert_allclose(balanced, [[0.9 / 2.1, 1.2 / 2.1], [1.35 / 1.65, 0.3 / 1.65]])
     assert balanced.argmax(axis=1).tolist() == [1, 0]
+
+
+# --- per acquisition type ----------------------------------------------------------------------------
+
+
+def two_acquisition_types(n: int = 3000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dermoscopic logits 4x over-confident and clinical ones 2x under-confident; every row's labels drawn at T = 1."""
+    dermoscopic, d_labels = simulate(n, temperature=1.0, seed=10)
+    clinical, c_labels = simulate(n, temperature=1.0, seed=11)
+    logits = np.concatenate([4 * dermoscopic, clinical / 2])
+    kinds = np.array(["dermoscopic"] * n + ["clinical"] * n, dtype=object)
+    return logits, np.concatenate([d_labels, c_labels]), kinds
+
+
+def pooled_calibration(logits: np.ndarray, labels: np.ndarray) -> dict:
+    pooled = calibrate(logits, labels, CLASSES).to_dict()
+    probabilities = probabilities_at_temperature(logits, pooled["temperature"])
+    return {**pooled, "urgent": calibration.urgent_threshold(probabilities, labels, CLASSES)}
+
+
+def test_two_types_with_different_logit_scales_get_their_own_temperatures_and_thresholds() -> None:
+    logits, labels, kinds = two_acquisition_types()
+    pooled = pooled_calibration(logits, labels)
+    fitted = calibration.calibrate_by_acquisition(logits, labels, kinds, CLASSES, pooled=pooled)
+
+    assert set(fitted) == {"dermoscopic", "clinical"}
+    dermoscopic, clinical = fitted["dermoscopic"], fitted["clinical"]
+    assert dermoscopic.temperature == pytest.approx(4.0, abs=0.4)  # undoes the x4
+    assert clinical.temperature == pytest.approx(0.5, abs=0.06)  # undoes the /2
+    assert clinical.temperature < pooled["temperature"] < dermoscopic.temperature  # one T cannot serve both
+    for kind, entry in fitted.items():
+        rows = kinds == kind
+        assert entry.fallback is None
+        assert entry.temperature == fit_temperature(logits[rows], labels[rows])
+        assert entry.validation["n_images"] == rows.sum()
+        score = metrics.malignancy_score(probabilities_at_temperature(logits[rows], entry.temperature), CLASSES)
+        malignant = np.isin(labels[rows], [CLASSES.index("mel"), CLASSES.index("bcc")])
+        sensitivity, _ = metrics.sensitivity_specificity_at_threshold(score, malignant, entry.referral_threshold)
+        assert sensitivity >= 0.95 and entry.validation["referral_sensitivity"] == sensitivity
+        _, specificity = metrics.sensitivity_specificity_at_threshold(score, malignant, entry.urgent["threshold"])
+        assert specificity >= 0.95 and entry.urgent["validation_specificity"] == specificity
+        assert entry.referral_threshold <= entry.urgent["threshold"]
+
+
+def test_the_record_round_trips_and_has_the_pooled_fields_plus_fallback() -> None:
+    logits, labels, kinds = two_acquisition_types(600)
+    fitted = calibration.calibrate_by_acquisition(
+        logits, labels, kinds, CLASSES, pooled=pooled_calibration(logits, labels)
+    )
+    data = fitted["clinical"].to_dict()
+    assert set(data) == {"temperature", "referral_threshold", "target_sensitivity", "validation", "urgent", "fallback"}
+    assert set(data["urgent"]) == {
+        "threshold",
+        "target_specificity",
+        "validation_sensitivity",
+        "validation_specificity",
+    }
+    assert calibration.AcquisitionCalibration.from_dict(data, kind="clinical") == fitted["clinical"]
+    by_acquisition = {kind: entry.to_dict() for kind, entry in fitted.items()}
+    assert calibration.acquisition_calibrations({"by_acquisition": by_acquisition}) == fitted
+    assert calibration.acquisition_calibrations({"temperature": 1.0}) == {}  # a bundle calibrated before them
+    with pytest.raises(ValueError, match=r"calibration by_acquisition\.clinical lacks referral_threshold"):
+        calibration.acquisition_calibrations({"by_acquisition": {"clinical": {"temperature": 2.0}}})
+
+
+@pytest.mark.parametrize(
+    ("n_malignant", "n_benign", "reason"),
+    [
+        (6, 13, "only 19 clinical validation images (at least 20 needed)"),
+        (4, 30, "only 4 malignant clinical validation images (at least 5 needed)"),
+        (30, 4, "only 4 benign clinical validation images (at least 5 needed)"),
+    ],
+)
+def test_a_type_too_small_to_fit_keeps_the_pooled_values_and_says_why(n_malignant, n_benign, reason) -> None:
+    logits, labels, kinds = two_acquisition_types(500)
+    dermoscopic = kinds == "dermoscopic"
+    mel, nv = CLASSES.index("mel"), CLASSES.index("nv")
+    rng = np.random.default_rng(12)
+    small = rng.normal(0.0, 3.0, size=(n_malignant + n_benign, len(CLASSES)))
+    small_labels = np.array([mel] * n_malignant + [nv] * n_benign)
+    logits = np.concatenate([logits[dermoscopic], small])
+    labels = np.concatenate([labels[dermoscopic], small_labels])
+    kinds = np.array(["dermoscopic"] * dermoscopic.sum() + ["clinical"] * len(small), dtype=object)
+    pooled = pooled_calibration(logits, labels)
+
+    fitted = calibration.calibrate_by_acquisition(logits, labels, kinds, CLASSES, pooled=pooled)
+
+    clinical = fitted["clinical"]
+    assert clinical.fallback == f"pooled: {reason}"
+    assert (clinical.temperature, clinical.referral_threshold) == (pooled["temperature"], pooled["referral_threshold"])
+    assert clinical.urgent == pooled["urgent"] and clinical.validation == pooled["validation"]
+    assert fitted["dermoscopic"].fallback is None  # the other type is fitted as usual
+
+
+def test_rows_without_a_recorded_type_count_for_neither() -> None:
+    logits, labels, _ = two_acquisition_types(100)
+    kinds = np.array([None] * len(labels), dtype=object)
+    fitted = calibration.calibrate_by_acquisition(
+        logits, labels, kinds, CLASSES, pooled=pooled_calibration(logits, labels)
+    )
+    assert fitted["dermoscopic"].fallback == "pooled: only 0 dermoscopic validation images (at least 20 needed)"
+    assert fitted["clinical"].fallback == "pooled: only 0 clinical validation images (at least 20 needed)"
+
+
+def test_well_separated_scores_raise_the_urgent_threshold_to_the_referral_one() -> None:
+    # 20 melanomas scored ~0.98 malignant, 20 naevi ~0.02: the 95%-specificity cut-off lies below the
+    # 95%-sensitivity one, and an urgent referral must still be a referral
+    mel, nv = CLASSES.index("mel"), CLASSES.index("nv")
+    rng = np.random.default_rng(13)
+    logits = np.zeros((40, len(CLASSES)))
+    logits[:20, mel] = 6.0 + rng.normal(0, 0.3, 20)
+    logits[20:, nv] = 6.0 + rng.normal(0, 0.3, 20)
+    labels = np.array([mel] * 20 + [nv] * 20)
+    entry = calibration.calibrate_acquisition(logits, labels, CLASSES)
+    assert entry.urgent["threshold"] == entry.referral_threshold
+    assert entry.urgent["validation_specificity"] == entry.validation["referral_specificity"] == 1.0
+
+
+def test_a_type_whose_scores_give_no_usable_threshold_falls_back() -> None:
+    mel, nv = CLASSES.index("mel"), CLASSES.index("nv")
+    logits = np.zeros((40, len(CLASSES)))  # every image scores the same: no threshold reaches 95% specificity
+    labels = np.array([mel] * 20 + [nv] * 20)
+    kinds = np.array(["clinical"] * 40, dtype=object)
+    pooled = {"temperature": 1.0, "referral_threshold": 0.3, "urgent": {"threshold": 0.7}}
+    fitted = calibration.calibrate_by_acquisition(logits, labels, kinds, CLASSES, pooled=pooled)
+    assert fitted["clinical"].fallback.startswith("pooled: the clinical validation scores gave no usable thresholds")
+    assert fitted["clinical"].referral_threshold == 0.3
+
+
+def test_probabilities_at_temperatures_scale_each_row_by_its_own() -> None:
+    logits = np.random.default_rng(14).normal(0, 2, size=(4, 3))
+    temperatures = [0.5, 1.0, 2.0, 1.0]
+    expected = np.vstack(
+        [probabilities_at_temperature(row[None], t) for row, t in zip(logits, temperatures, strict=True)]
+    )
+    np.testing.assert_array_equal(calibration.probabilities_at_temperatures(logits, temperatures), expected)
+    with pytest.raises(ValueError, match="need one temperature per row"):
+        calibration.probabilities_at_temperatures(logits, [1.0, 1.0])
+    with pytest.raises(ValueError, match="temperatures must be positive"):
+        calibration.probabilities_at_temperatures(logits, [1.0, 0.0, 1.0, 1.0])

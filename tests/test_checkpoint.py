@@ -125,7 +125,7 @@ def test_round_to_bundle_without_half_leaves_weights_untouched():
 def test_metadata_records_architecture_classes_versions_and_weights_hash(bundle_dir):
     written = json.loads((bundle_dir / METADATA_FILE).read_text(encoding="utf-8"))
     assert written["format_version"] == BUNDLE_FORMAT
-    assert written["architecture"] == {"name": "resnet18", "num_classes": 3, "stem": "small"}
+    assert written["architecture"] == {"name": "resnet18", "num_classes": 3, "stem": "small", "pretrained": "none"}
     assert written["classes"] == CLASSES
     assert written["taxonomy_version"] == TAXONOMY_VERSION
     assert written["weights_dtype"] == "float32"

@@ -11,18 +11,21 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import shared_data, write_image
 from PIL import Image, ImageDraw, ImageFilter
 from typer.testing import CliRunner
 
 from skintriage import DISCLAIMER
+from skintriage.acquisition import AcquisitionClassifier
 from skintriage.checkpoint import DEFAULT_BUNDLE, METADATA_FILE, load_bundle, save_bundle
 from skintriage.cli import app
 from skintriage.data.images import decode_image
 from skintriage.guidance import load_guidance
-from skintriage.models import create_model
+from skintriage.models import create_model, get_head, normalization_for
 from skintriage.predict import FileError, Prediction, Predictor
 from skintriage.referral import ClinicalContext, decide
+from skintriage.uncertainty import UncertaintyGate
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MALIGNANT = ("mel", "bcc", "scc", "akiec", "other_malignant")
@@ -205,11 +208,14 @@ def test_real_dermoscopic_images_mostly_pass_the_out_of_distribution_check(predi
     assert sum(r.uncertainty.out_of_distribution for r in results) <= 2  # ~1% of validation images trip it
 
 
+TINY_PREPROCESSING = {"input_size": 32, "normalization": normalization_for("resnet18").to_dict()}
+
+
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A 3-class bundle with no calibrated thresholds and no uncertainty gate."""
     directory = tmp_path_factory.mktemp("tiny") / "bundle"
-    metadata = {"name": "tiny", "classes": ["mel", "nv", "bcc"], "preprocessing": {"input_size": 32}}
+    metadata = {"name": "tiny", "classes": ["mel", "nv", "bcc"], "preprocessing": TINY_PREPROCESSING}
     return save_bundle(directory, create_model("resnet18", num_classes=3, input_size=32), metadata)
 
 
@@ -237,6 +243,203 @@ def test_a_bundle_without_an_uncertainty_gate_says_it_cannot_assess(tiny_bundle:
     assert prediction.referral.level != "routine"
     data = prediction.to_dict()
     assert data["uncertainty"] is None and data["uncertainty_detail"] is None
+
+
+# --- per acquisition type: a tiny bundle whose numbers are worked by hand ---------------------------------------
+#
+# The head's weights are zero and its bias is (1, 0, 0) for (mel, nv, bcc), so every image has those logits and a
+# malignancy probability (mel + bcc) of (e^(1/T) + 1) / (e^(1/T) + 2) at temperature T:
+#   T = 1 (pooled): 0.7880      T = 0.5 (dermoscopic): 0.8935      T = 2 (clinical): 0.7259
+# Thresholds, referral / urgent: pooled 0.30 / 0.60 -> urgent; dermoscopic 0.95 / 0.97 -> routine;
+# clinical 0.50 / 0.90 -> refer. The gate passes every image; the acquisition classifier reads every image
+# as dermoscopic with probability sigmoid(3) = 0.9526.
+
+
+def malignancy_at(temperature: float) -> float:
+    return (math.exp(1 / temperature) + 1) / (math.exp(1 / temperature) + 2)
+
+
+def by_type_entry(temperature: float, referral: float, urgent: float, n: int, fallback: str | None = None) -> dict:
+    return {
+        "temperature": temperature,
+        "referral_threshold": referral,
+        "target_sensitivity": 0.95,
+        "validation": {"n_images": n, "referral_sensitivity": 0.967, "referral_specificity": 0.4},
+        "urgent": {
+            "threshold": urgent,
+            "target_specificity": 0.95,
+            "validation_sensitivity": 0.3,
+            "validation_specificity": 0.95,
+        },
+        "fallback": fallback,
+    }
+
+
+TYPED_CALIBRATION = {
+    **by_type_entry(1.0, 0.3, 0.6, 100),
+    "by_acquisition": {"dermoscopic": by_type_entry(0.5, 0.95, 0.97, 40), "clinical": by_type_entry(2.0, 0.5, 0.9, 60)},
+}
+
+
+@pytest.fixture(scope="module")
+def typed_bundle(tmp_path_factory) -> Path:
+    model = create_model("resnet18", num_classes=3, input_size=32)
+    head = get_head(model, "resnet18")
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    dims = head.in_features
+    gate = UncertaintyGate(
+        np.zeros((1, dims)), np.zeros((dims, dims)), 1.0, 1.0, 0.99, 0.95
+    )  # distance 0, entropy <= 1
+    reads_dermoscopic = AcquisitionClassifier(
+        ("clinical", "dermoscopic"), np.zeros(dims), np.ones(dims), np.zeros(dims), 3.0
+    )
+    metadata = {
+        "name": "typed",
+        "classes": ["mel", "nv", "bcc"],
+        "preprocessing": TINY_PREPROCESSING,
+        "calibration": TYPED_CALIBRATION,
+        "uncertainty": gate.summary(),
+        "acquisition_classifier": reads_dermoscopic.summary(),
+    }
+    return save_bundle(
+        tmp_path_factory.mktemp("typed") / "bundle",
+        model,
+        metadata,
+        uncertainty_tensors=gate.tensors(),
+        acquisition_tensors=reads_dermoscopic.tensors(),
+    )
+
+
+@pytest.fixture(scope="module")
+def typed(typed_bundle: Path) -> Predictor:
+    return Predictor.load(typed_bundle, backend="torch")
+
+
+def edited_copy(bundle: Path, tmp_path: Path, edit) -> Path:
+    """A copy of ``bundle`` whose model.json has been changed by ``edit(metadata)``."""
+    directory = Path(shutil.copytree(bundle, tmp_path / "edited"))
+    path = directory / METADATA_FILE
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    edit(metadata)
+    path.write_text(json.dumps(metadata), encoding="utf-8")
+    return directory
+
+
+def test_auto_uses_the_models_reading_and_that_types_temperature_and_thresholds(typed: Predictor) -> None:
+    prediction = typed.predict(lesion())
+    used = prediction.acquisition
+    assert (used.kind, used.chosen_by, used.calibration) == ("dermoscopic", "model", "dermoscopic")
+    assert used.probability == pytest.approx(1 / (1 + math.exp(-3)))
+    assert (used.temperature, used.referral_threshold, used.urgent_threshold) == (0.5, 0.95, 0.97)
+    assert prediction.malignancy_probability == pytest.approx(malignancy_at(0.5), abs=1e-6)
+    assert prediction.referral.level == "routine"  # 0.8935 < 0.95: below the dermoscopic referral threshold
+    (routine,) = prediction.referral.reasons
+    assert "below the referral threshold 0.950 (the dermoscopic-image threshold)" in routine.text
+
+
+def test_the_users_type_overrides_the_model_and_its_threshold_gives_another_level(typed: Predictor) -> None:
+    prediction = typed.predict(lesion(), acquisition="clinical")
+    used = prediction.acquisition
+    assert (used.kind, used.chosen_by, used.temperature) == ("clinical", "user", 2.0)
+    assert used.probability == pytest.approx(1 - 1 / (1 + math.exp(-3)))  # the model's probability of "clinical"
+    assert "the model reads it as a dermoscopic image" in used.why
+    assert prediction.malignancy_probability == pytest.approx(malignancy_at(2.0), abs=1e-6)
+    assert prediction.referral.level == "refer"  # 0.50 <= 0.7259 < 0.90
+    assert [r.rule for r in prediction.referral.reasons] == ["malignancy_above_referral_threshold"]
+    assert prediction.referral.reasons[0].text == (
+        f"Malignancy probability {malignancy_at(2.0):.3f} is at or above the referral threshold 0.500 (the "
+        "clinical-photo threshold; chosen for 95% sensitivity on 60 clinical validation images: sensitivity 0.967, "
+        "specificity 0.400)."
+    )
+    data = prediction.to_dict()["acquisition"]
+    assert data == used.to_dict() and json.loads(json.dumps(data)) == data
+    assert data["chosen_by"] == "user" and data["referral_threshold"] == 0.5 and data["urgent_threshold"] == 0.9
+
+
+def test_batches_files_and_saliency_choose_the_same_way(typed: Predictor, tmp_path: Path) -> None:
+    image = lesion(1)
+    for acquisition, level in (("auto", "routine"), ("dermoscopic", "routine"), ("clinical", "refer")):
+        alone = typed.predict(image, acquisition=acquisition)
+        (batch,) = typed.predict_batch([image], acquisition=acquisition)
+        (from_file,) = typed.predict_files([write_lesion(tmp_path / "a.png", 1)], acquisition=acquisition)
+        explained = typed.predict(image, acquisition=acquisition, with_saliency=True)
+        for result in (alone, batch, from_file, explained):
+            assert result.referral.level == level
+            assert result.acquisition.kind == alone.acquisition.kind
+            assert result.malignancy_probability == pytest.approx(alone.malignancy_probability, abs=1e-6)
+    assert typed.predict(image, acquisition="dermoscopic").acquisition.chosen_by == "user"
+
+
+def test_an_unknown_acquisition_is_refused_naming_the_choices(typed: Predictor) -> None:
+    with pytest.raises(ValueError, match="acquisition must be one of auto, dermoscopic, clinical, not 'phone'"):
+        typed.predict(lesion(), acquisition="phone")
+    with pytest.raises(ValueError, match="not 'phone'"):
+        typed.predict_files([], acquisition="phone")
+
+
+def test_the_same_bundle_without_per_type_parts_predicts_with_the_pooled_values(typed_bundle, tmp_path) -> None:
+    def strip(metadata: dict) -> None:
+        del metadata["calibration"]["by_acquisition"], metadata["acquisition_classifier"]
+
+    old = Predictor.load(edited_copy(typed_bundle, tmp_path, strip), backend="torch")
+    assert old.acquisition_classifier is None and old.calibrations == {} and old.policies == {}
+    for acquisition in ("auto", "clinical"):
+        prediction = old.predict(lesion(), acquisition=acquisition)
+        used = prediction.acquisition
+        assert used.calibration == "pooled" and (used.temperature, used.referral_threshold) == (1.0, 0.3)
+        assert prediction.malignancy_probability == pytest.approx(malignancy_at(1.0), abs=1e-6)
+        assert prediction.referral == decide(prediction.probabilities, prediction.uncertainty, None, old.policy)
+        assert prediction.referral.reasons[0].text.endswith("(95% specificity on validation images).")  # as always
+    assert old.predict(lesion()).acquisition.chosen_by == "pooled"
+
+
+def test_a_type_that_kept_the_pooled_values_says_so_in_the_reason(typed_bundle, tmp_path) -> None:
+    def small_clinical(metadata: dict) -> None:
+        reason = "pooled: only 12 clinical validation images (at least 20 needed)"
+        metadata["calibration"]["by_acquisition"]["clinical"] = by_type_entry(1.0, 0.3, 0.6, 100, fallback=reason)
+
+    predictor = Predictor.load(edited_copy(typed_bundle, tmp_path, small_clinical), backend="torch")
+    prediction = predictor.predict(lesion(), acquisition="clinical")
+    assert prediction.referral.level == "urgent" and prediction.acquisition.referral_threshold == 0.3
+    assert "its temperature and thresholds are the pooled ones" in prediction.acquisition.why
+    assert prediction.referral.reasons[0].text.endswith(
+        "(the pooled threshold, used for clinical photos because there were only 12 clinical validation images "
+        "(at least 20 needed); chosen for 95% specificity on 100 validation images: sensitivity 0.300, "
+        "specificity 0.950)."
+    )
+
+
+def test_the_bundled_model_has_no_per_type_parts_and_says_it_used_the_pooled_calibration(predictor) -> None:
+    prediction = predictor.predict(lesion())
+    used = prediction.acquisition
+    assert (used.kind, used.chosen_by, used.calibration, used.probability) == (None, "pooled", "pooled", None)
+    assert used.temperature == predictor.bundle.temperature
+    assert (used.referral_threshold, used.urgent_threshold) == (
+        predictor.policy.referral_threshold,
+        predictor.policy.urgent_threshold,
+    )
+    clinical = predictor.predict(lesion(), acquisition="clinical")  # asked for, but this bundle has none fitted
+    assert clinical.probabilities == prediction.probabilities and clinical.referral == prediction.referral
+    assert "no per-acquisition calibration" in clinical.acquisition.why
+
+
+def test_predict_cli_passes_the_acquisition_through(typed_bundle: Path, tmp_path: Path) -> None:
+    image = write_lesion(tmp_path / "lesion.png")
+    args = ["predict", str(image), "--checkpoint", str(typed_bundle)]
+    (auto,) = json_lines(runner.invoke(app, [*args, "--json"]).stdout)
+    (clinical,) = json_lines(runner.invoke(app, [*args, "--json", "--acquisition", "clinical"]).stdout)
+    assert (auto["acquisition"]["kind"], auto["acquisition"]["chosen_by"], auto["referral"]["level"]) == (
+        "dermoscopic",
+        "model",
+        "routine",
+    )
+    assert (clinical["acquisition"]["kind"], clinical["referral"]["level"]) == ("clinical", "refer")
+    text = runner.invoke(app, [*args, "--acquisition", "clinical"])
+    assert text.exit_code == 0 and "photo type: clinical (you said it is a clinical photo" in flat(text.stdout)
+    refused = runner.invoke(app, [*args, "--acquisition", "phone"])
+    assert refused.exit_code == 1 and "acquisition must be one of auto, dermoscopic, clinical" in flat(refused.output)
 
 
 # --- skintriage predict ---------------------------------------------------------------------------------

@@ -545,6 +545,31 @@ def test_policy_from_metadata_without_thresholds_points_to_fit_gates(metadata: d
         ReferralPolicy.from_metadata(metadata)
 
 
+def test_policy_for_one_acquisition_type_quotes_its_validation_numbers() -> None:
+    clinical = {
+        "referral_threshold": 0.3,
+        "validation": {"n_images": 188, "referral_sensitivity": 0.957, "referral_specificity": 0.412},
+        "urgent": {"threshold": 0.7, "validation_sensitivity": 0.31, "validation_specificity": 0.952},
+    }
+    metadata = {"calibration": {"referral_threshold": 0.16, "urgent": {"threshold": 0.64}, "by_acquisition": {
+        "clinical": clinical}}}  # fmt: skip
+    policy = ReferralPolicy.from_metadata(metadata, acquisition="clinical")
+    assert (policy.referral_threshold, policy.urgent_threshold, policy.source.n_images) == (0.3, 0.7, 188)
+    refer = reason(run(probs(mel=0.4), policy=policy), "malignancy_above_referral_threshold")
+    assert refer.text == (
+        "Malignancy probability 0.400 is at or above the referral threshold 0.300 (the clinical-photo threshold; "
+        "chosen for 95% sensitivity on 188 clinical validation images: sensitivity 0.957, specificity 0.412)."
+    )
+    urgent = reason(run(probs(mel=0.8), policy=policy), "malignancy_above_urgent_threshold")
+    assert urgent.text.endswith(
+        "urgent threshold 0.700 (the clinical-photo threshold; chosen for 95% specificity on 188 clinical "
+        "validation images: sensitivity 0.310, specificity 0.952)."
+    )
+    assert ReferralPolicy.from_metadata(metadata).source is None  # the pooled policy is worded as before
+    with pytest.raises(ValueError, match=r"no calibration\.by_acquisition\.dermoscopic"):
+        ReferralPolicy.from_metadata(metadata, acquisition="dermoscopic")
+
+
 @pytest.mark.parametrize(("referral_threshold", "urgent_threshold"), [(0.7, 0.6), (0.0, 0.5), (-0.1, 0.5), (0.2, 1.01)])
 def test_policy_refuses_thresholds_out_of_order_or_range(referral_threshold: float, urgent_threshold: float) -> None:
     with pytest.raises(ValueError, match="need 0 < referral_threshold"):

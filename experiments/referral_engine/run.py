@@ -52,12 +52,12 @@ def non_skin_photos() -> list[Path]:
     return photos
 
 
-def predict_all(predictor: Predictor, paths: list[Path], *, mask_watermark: bool, name: str) -> list[Prediction]:
+def predict_all(predictor: Predictor, paths: list[Path], *, artefact: str | None, name: str) -> list[Prediction]:
     out: list[Prediction] = []
     for start in tqdm(range(0, len(paths), 64), desc=name):
         chunk = paths[start : start + 64]
         images = [decode_image(p, name=str(p)) for p in chunk]
-        out += predictor.predict_batch(images, files=[str(p) for p in chunk], mask_watermark=mask_watermark)
+        out += predictor.predict_batch(images, files=[str(p) for p in chunk], artefact=artefact)
     return out
 
 
@@ -97,19 +97,19 @@ def sets(predictor: Predictor, data_root: Path) -> Iterator[tuple[str, list[Pred
     paths = [Path(isic.root) / p for p in frame.image]
     yield (
         "ISIC 2018 test (dermoscopic)",
-        predict_all(predictor, paths, mask_watermark=False, name="isic"),
+        predict_all(predictor, paths, artefact=None, name="isic"),
         (frame.triage_group.isin(["mcc", "cutaneous_metastasis", "other_malignant"]).to_numpy()),
     )
     config = TrainConfig.model_validate(predictor.bundle.metadata["training"]["config"])
-    manifest, _ = training_manifest(config, data_root=data_root, progress=False)
+    manifest = training_manifest(config, data_root=data_root, progress=False).manifest
     test = manifest.frame[(manifest.frame.split == "test") & (manifest.frame.source == "dermnet")]
     paths = [Path(manifest.root) / p for p in test.image]
     yield (
         "DermNet held-out test (clinical)",
-        predict_all(predictor, paths, mask_watermark=True, name="dermnet"),
+        predict_all(predictor, paths, artefact="corner_watermark", name="dermnet"),
         (test.triage_group.isin(["mcc", "cutaneous_metastasis", "other_malignant"]).to_numpy()),
     )
-    yield "Non-skin photographs", predict_all(predictor, non_skin_photos(), mask_watermark=False, name="non-skin"), None
+    yield "Non-skin photographs", predict_all(predictor, non_skin_photos(), artefact=None, name="non-skin"), None
 
 
 def write_plots(results: dict[str, list[Prediction]]) -> None:

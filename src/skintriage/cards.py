@@ -14,10 +14,12 @@ from html import escape
 from PIL import Image
 
 from skintriage import DISCLAIMER
+from skintriage.acquisition import NAMES, AcquisitionUsed
 from skintriage.referral import ReferralDecision
 from skintriage.taxonomy import DIAGNOSES
 
 WEBP_MAX_SIDE = 16383  # the largest width or height a WebP image can have
+CHOSEN_BY = {"user": "as given", "model": "read by the model", "pooled": "not known"}
 
 LEVEL_STYLE = {  # background, text; WCAG AA contrast with white text
     "urgent": ("#b91c1c", "URGENT REFERRAL"),
@@ -32,8 +34,12 @@ def referral_card_html(
     malignancy_probability: float | None = None,
     class_call: str | None = None,
     uncertainty: float | None = None,
+    acquisition: AcquisitionUsed | None = None,
 ) -> str:
-    """The referral card: level badge, what it means, the reasons, the differential, limits and disclaimer."""
+    """The referral card: level badge, what it means, the reasons, the differential, limits and disclaimer.
+
+    ``acquisition``: the photo type the prediction assumed and the thresholds that selected, shown under the facts.
+    """
     colour, badge = LEVEL_STYLE[decision.level]
     facts = []
     if malignancy_probability is not None:
@@ -54,12 +60,28 @@ def referral_card_html(
     ]
     if facts:
         parts.append(f"<p>{'; '.join(facts)}.</p>")
+    if acquisition is not None:
+        parts.append(acquisition_html(acquisition))
     parts.append(f"<h4>Why</h4><ul>{reasons}</ul>")
     if differential:
         parts.append(f"<h4>Consider</h4><ul>{differential}</ul>")
     parts.append(f"<details><summary>Limits of this model</summary><ul>{limits}</ul></details>")
     parts.append(f'<p style="font-size:0.9em"><i>{escape(DISCLAIMER)}</i></p></div>')
     return "\n".join(parts)
+
+
+def acquisition_html(used: AcquisitionUsed) -> str:
+    """One paragraph: which photo type, chosen how, and the thresholds it selected (with the reason in full)."""
+    kind = NAMES.get(used.kind, used.kind) if used.kind else "not known"
+    probability = "" if used.probability is None else f", probability {used.probability:.2f}"
+    return (
+        f'<p class="acquisition" data-acquisition="{escape(used.kind or "")}" '
+        f'data-calibration="{escape(used.calibration)}">'
+        f"Photo type <b>{escape(kind)}</b> ({escape(CHOSEN_BY.get(used.chosen_by, used.chosen_by))}{probability}); "
+        f"thresholds used: referral <b>{used.referral_threshold:.3f}</b>, urgent <b>{used.urgent_threshold:.3f}</b> "
+        f"({escape(used.calibration)} calibration, temperature {used.temperature:.2f}).<br>"
+        f'<span style="font-size:0.9em">{escape(used.why[:1].upper() + used.why[1:])}.</span></p>'
+    )
 
 
 def inline_image_html(image: Image.Image, *, alt: str, quality: int = 90) -> str:

@@ -6,7 +6,9 @@ A **bundle** is what the demo, ``skintriage predict`` and ``skintriage evaluate`
 * ``model.json``: everything needed to use and judge them: architecture, class names, taxonomy
   version, preprocessing (input size, normalisation, watermark-masked sources), calibration
   temperature, referral threshold, training data (sources, licences, counts), validation and test
-  metrics, the code version, and the SHA-256 of the weights file.
+  metrics, the code version, and the SHA-256 of the weights file;
+* optionally ``uncertainty.safetensors`` (the uncertainty gate's statistics) and
+  ``acquisition.safetensors`` (the dermoscopic-or-clinical classifier), each hashed in ``model.json``.
 
 :func:`load_bundle` checks the format version, the taxonomy version, the class names, the
 architecture and the weights' hash before building the model, and refuses a bundle that fails any
@@ -46,6 +48,7 @@ BUNDLE_FORMAT = 1
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
 WEIGHTS_FILE = "model.safetensors"
 UNCERTAINTY_FILE = "uncertainty.safetensors"  # the uncertainty gate's class means and precision (optional)
+ACQUISITION_FILE = "acquisition.safetensors"  # the acquisition classifier's standardisation and weights (optional)
 METADATA_FILE = "model.json"
 REQUIRED_FIELDS = ("format_version", "architecture", "classes", "taxonomy_version", "preprocessing", "weights_sha256")
 
@@ -60,6 +63,7 @@ class Bundle:
     metadata: dict[str, Any]
     path: Path
     uncertainty_tensors: dict[str, torch.Tensor] | None = None
+    acquisition_tensors: dict[str, torch.Tensor] | None = None  # dermoscopic-or-clinical classifier (optional)
 
     @property
     def classes(self) -> list[str]:
@@ -121,11 +125,14 @@ def save_bundle(
     *,
     half: bool = False,
     uncertainty_tensors: dict[str, torch.Tensor] | None = None,
+    acquisition_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``directory``; returns the folder.
 
     ``uncertainty_tensors`` (the uncertainty gate's statistics) go to ``uncertainty.safetensors``, whose
-    hash is recorded under ``metadata["uncertainty"]`` next to the gate's thresholds.
+    hash is recorded under ``metadata["uncertainty"]`` next to the gate's thresholds;
+    ``acquisition_tensors`` (the acquisition classifier) likewise to ``acquisition.safetensors``, hashed
+    under ``metadata["acquisition_classifier"]``.
     """
     config = getattr(model, "skintriage_config", None)
     if config is None:
@@ -138,13 +145,12 @@ def save_bundle(
     weights = directory / WEIGHTS_FILE
     with atomic_path(weights) as tmp:
         save_file(bundle_state_dict(model, half=half), str(tmp), metadata={"format": "pt"})
-    if uncertainty_tensors is not None:
-        if not isinstance(metadata.get("uncertainty"), dict):
-            raise ValueError("uncertainty tensors need their summary (thresholds) in metadata['uncertainty']")
-        extra = directory / UNCERTAINTY_FILE
-        with atomic_path(extra) as tmp:
-            save_file({k: v.contiguous() for k, v in uncertainty_tensors.items()}, str(tmp))
-        metadata = {**metadata, "uncertainty": {**metadata["uncertainty"], "sha256": sha256_of(extra)}}
+    for field, tensors, file in (
+        ("uncertainty", uncertainty_tensors, UNCERTAINTY_FILE),
+        ("acquisition_classifier", acquisition_tensors, ACQUISITION_FILE),
+    ):
+        if tensors is not None:
+            metadata = _save_tensors(directory / file, tensors, metadata, field)
     full = {
         **metadata,  # first: the fields below describe the file and may not be overridden
         "format_version": BUNDLE_FORMAT,
@@ -161,6 +167,15 @@ def save_bundle(
     }
     atomic_write_text(directory / METADATA_FILE, json.dumps(full, indent=2, default=_json_default) + "\n")
     return directory
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], field: str) -> dict:
+    """Write a bundle's extra tensor file; returns ``metadata`` with its hash under ``metadata[field]``."""
+    if not isinstance(metadata.get(field), dict):
+        raise ValueError(f"{field} tensors need their summary (thresholds, classes) in metadata['{field}']")
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    return {**metadata, field: {**metadata[field], "sha256": sha256_of(path)}}
 
 
 def _json_default(value: object) -> object:
@@ -246,18 +261,27 @@ def load_bundle(directory: Path | str, *, device: str | torch.device = "cpu") ->
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise BundleError(f"{weights} does not fit architecture {architecture}: {error}") from None
-    return Bundle(model.to(device).eval(), metadata, directory, _load_uncertainty(directory, metadata))
+    return Bundle(
+        model.to(device).eval(),
+        metadata,
+        directory,
+        _load_tensors(directory, metadata, "uncertainty", UNCERTAINTY_FILE, "an uncertainty gate"),
+        _load_tensors(directory, metadata, "acquisition_classifier", ACQUISITION_FILE, "an acquisition classifier"),
+    )
 
 
-def _load_uncertainty(directory: Path, metadata: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    summary = metadata.get("uncertainty")
+def _load_tensors(
+    directory: Path, metadata: dict[str, Any], field: str, file: str, what: str
+) -> dict[str, torch.Tensor] | None:
+    """An extra tensor file listed (with its hash) under ``metadata[field]``; ``None`` when the field is absent."""
+    summary = metadata.get(field)
     if summary is None:
         return None
-    path = directory / UNCERTAINTY_FILE
+    path = directory / file
     if not isinstance(summary, dict) or "sha256" not in summary:
-        raise BundleError(f"{directory / METADATA_FILE}: the uncertainty field must be an object with a sha256")
+        raise BundleError(f"{directory / METADATA_FILE}: the {field} field must be an object with a sha256")
     if not path.is_file():
-        raise BundleError(f"model bundle {directory} lists an uncertainty gate but has no {UNCERTAINTY_FILE}")
+        raise BundleError(f"model bundle {directory} lists {what} but has no {file}")
     if sha256_of(path) != summary["sha256"]:
         raise BundleError(
             f"{path} does not match {METADATA_FILE} (SHA-256 differs): the file is damaged or was replaced"

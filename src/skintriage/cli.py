@@ -219,7 +219,9 @@ def fit_gates_command(
     checkpoint: Checkpoint = DEFAULT_BUNDLE,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Overrides the recorded data_root.")] = None,
 ) -> None:
-    """Fit a bundle's urgent threshold and uncertainty gate on its own training/validation split (training does this)."""
+    """Fit a bundle's gates on its own training/validation split (training does this): the urgent threshold, the
+    per-acquisition calibration, the uncertainty gate and the acquisition classifier. The weights and the pooled
+    temperature and referral threshold are kept."""
     from skintriage.train import refit_referral_gates
 
     try:
@@ -305,18 +307,28 @@ def predict_command(
         Path | None, typer.Option("--saliency", help="Write a Grad-CAM overlay PNG per image into this folder.")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    acquisition: Annotated[
+        str,
+        typer.Option(
+            "--acquisition",
+            help="Photo type: auto (the model reads it), dermoscopic or clinical; selects the temperature and "
+            "referral thresholds fitted for that type.",
+        ),
+    ] = "auto",
 ) -> None:
     """Referral level, reasons and differential for each image, from calibrated probabilities and clinical context.
 
     A file that cannot be read is reported (with --json: an object with an "error" field) and the
     others go on; the exit code is 1 if any failed.
     """
+    from skintriage.acquisition import check_request
     from skintriage.data.images import ImageDecodeError, decode_image
     from skintriage.predict import FileError, Predictor
     from skintriage.referral import ClinicalContext
     from skintriage.taxonomy import DIAGNOSES
 
     try:
+        check_request(acquisition)
         context = ClinicalContext(
             age=age,
             site=site,
@@ -341,14 +353,16 @@ def predict_command(
                 except (ImageDecodeError, OSError) as error:
                     yield FileError(str(path), str(error))
                     continue
-                prediction = predictor.predict(image, context, with_saliency=True, file=str(path))
+                prediction = predictor.predict(
+                    image, context, with_saliency=True, file=str(path), acquisition=acquisition
+                )
                 out = saliency_dir / f"{path.stem}_saliency.png"
                 predictor.overlay(image, prediction.heatmap).save(out)
                 yield prediction
     else:
 
         def results():
-            yield from predictor.predict_files(paths, context, batch_size=batch_size)
+            yield from predictor.predict_files(paths, context, batch_size=batch_size, acquisition=acquisition)
 
     failed = 0
     for result in results():
@@ -362,6 +376,12 @@ def predict_command(
             console.print(
                 f"[bold]{result.file}[/bold]: {level} (malignancy probability {result.malignancy_probability:.2f}; "
                 f"class call {DIAGNOSES[result.class_call].name})",
+                highlight=False,
+            )
+            used = result.acquisition
+            console.print(
+                f"  photo type: {used.kind or 'not known'} ({used.why}); referral threshold "
+                f"{used.referral_threshold:.3f}, urgent {used.urgent_threshold:.3f}",
                 highlight=False,
             )
             for reason in result.referral.reasons:

@@ -34,7 +34,9 @@ class SourceConfig(_Strict):
     name: str
     root: str
     split: str = "project"
-    # Fill the bottom-left watermark corner (DermNet) before any augmentation, at training and inference.
+    # Remove the artefact the source registers (DermNet: fill the watermark corner; SD-198: crop the caption
+    # bar) before any augmentation, in training and evaluation. The name is kept from when DermNet was the
+    # only such source; a source without an artefact ignores it.
     mask_watermark: bool = False
 
     @field_validator("split")

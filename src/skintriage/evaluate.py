@@ -17,11 +17,19 @@ set) cannot be scored as a multiclass prediction; they are counted in ``n_exclud
 the multiclass metrics, and kept in the referral metrics, whose truth is the row's triage group.
 Rows with ``score_weight`` 0 (ISIC_0035068 in the ISIC 2018 test set) are predicted but not scored,
 as in the official scorer.
+
+A bundle with an acquisition classifier (see :mod:`skintriage.acquisition`) is also scored on telling
+dermoscopic from clinical images: ``acquisition_accuracy`` against the set's recorded ``acquisition``
+column, overall and per type; and ``referral_per_acquisition`` gives the referral as the predictor makes
+it by default, each image at the temperature and thresholds of the type the classifier reads
+(``calibration.by_acquisition``), where the headline referral uses the pooled ones. Bundles without a
+classifier have neither entry (their metrics are unchanged).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +37,19 @@ import numpy as np
 import pandas as pd
 
 from skintriage import DISCLAIMER, metrics
+from skintriage.acquisition import AcquisitionAccuracy, AcquisitionClassifier, acquisition_accuracy
 from skintriage.atomic import atomic_write_text
-from skintriage.calibration import class_balanced_probabilities, probabilities_at_temperature
+from skintriage.calibration import (
+    AcquisitionCalibration,
+    acquisition_calibrations,
+    class_balanced_probabilities,
+    probabilities_at_temperature,
+    probabilities_at_temperatures,
+)
 from skintriage.checkpoint import Bundle
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
-from skintriage.inference import bundle_dataset, decision_prior, loader_for, predict_logits
+from skintriage.inference import bundle_dataset, decision_prior, loader_for, predict_outputs
 from skintriage.taxonomy import is_malignant, label_map
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -55,6 +70,9 @@ class EvaluationResult:
     n_excluded: int
     metrics: dict
     decision_prior: np.ndarray | None = None  # class call = argmax of p / prior (class-balanced); None: argmax of p
+    embeddings: np.ndarray | None = None  # head-input embeddings, when they were collected
+    acquisition_accuracy: AcquisitionAccuracy | None = None  # the bundle's acquisition classifier on this set
+    referral_per_acquisition: dict | None = None  # see :func:`referral_per_acquisition`
 
     def space_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(labels as indices into the label space, restricted probabilities, weights): what the multiclass
@@ -82,7 +100,16 @@ class EvaluationResult:
         return [self.class_names[c] for c in self.label_space]
 
     def headline(self) -> dict:
-        keys = ("n_images", "accuracy", "balanced_accuracy", "macro_auc", "ece", "referral", "ci95")
+        keys = (
+            "n_images",
+            "accuracy",
+            "balanced_accuracy",
+            "macro_auc",
+            "ece",
+            "referral",
+            "ci95",
+            "acquisition_accuracy",
+        )
         return {key: self.metrics[key] for key in keys if key in self.metrics}
 
 
@@ -193,20 +220,35 @@ def evaluate_bundle(
     progress: bool = True,
     calibrated: bool = True,
     bootstrap: bool = True,
+    embeddings: bool | None = None,
 ) -> EvaluationResult:
-    """Predict every image of ``manifest`` with ``bundle`` and compute the metrics (see the module docstring)."""
+    """Predict every image of ``manifest`` with ``bundle`` and compute the metrics (see the module docstring).
+
+    ``embeddings``: collect the head-input embeddings too; by default when the bundle has an acquisition
+    classifier to score on them.
+    """
     if len(manifest) == 0:
         raise ValueError(f"{name}: the manifest has no images to evaluate")
     dataset = bundle_dataset(bundle, manifest, unknown_label=UNKNOWN)
-    logits, labels, rows = predict_logits(
+    outputs = predict_outputs(
         bundle.model,
         loader_for(dataset),
         device=next(bundle.model.parameters()).device,
+        embeddings=bundle.acquisition_tensors is not None if embeddings is None else embeddings,
         progress=progress,
         description=f"evaluating {name}",
     )
-    frame = manifest.frame.iloc[rows].reset_index(drop=True)
-    return evaluation_result(bundle, frame, logits, labels, name=name, calibrated=calibrated, bootstrap=bootstrap)
+    frame = manifest.frame.iloc[outputs.rows].reset_index(drop=True)
+    return evaluation_result(
+        bundle,
+        frame,
+        outputs.logits,
+        outputs.labels,
+        name=name,
+        calibrated=calibrated,
+        bootstrap=bootstrap,
+        embeddings=outputs.embeddings,
+    )
 
 
 def evaluation_result(
@@ -218,9 +260,14 @@ def evaluation_result(
     name: str,
     calibrated: bool = True,
     bootstrap: bool = True,
+    embeddings: np.ndarray | None = None,
 ) -> EvaluationResult:
-    """Metrics of already-predicted ``logits`` (rows aligned with ``frame``), calibrated as ``bundle`` says."""
+    """Metrics of already-predicted ``logits`` (rows aligned with ``frame``), calibrated as ``bundle`` says.
+
+    With ``embeddings`` (same rows) and a bundle that has an acquisition classifier, its accuracy too.
+    """
     classes = bundle.classes
+    classifier = AcquisitionClassifier.from_bundle(bundle)
     result = EvaluationResult(
         name=name,
         class_names=classes,
@@ -233,7 +280,19 @@ def evaluation_result(
         n_excluded=int((labels == UNKNOWN).sum()),
         metrics={},
         decision_prior=decision_prior(bundle),
+        embeddings=embeddings,
+        acquisition_accuracy=None
+        if classifier is None or embeddings is None
+        else acquisition_accuracy(classifier, embeddings, frame["acquisition"].tolist()),
     )
+    calibrations = acquisition_calibrations(bundle.metadata.get("calibration"))
+    if (
+        calibrated
+        and classifier is not None
+        and embeddings is not None
+        and set(classifier.classes) <= set(calibrations)
+    ):
+        result.referral_per_acquisition = referral_per_acquisition(result, classifier, calibrations)
     result.metrics = evaluation_metrics(
         result, model=bundle.metadata.get("name", str(bundle.path)), calibrated=calibrated, bootstrap=bootstrap
     )
@@ -267,6 +326,10 @@ def evaluation_metrics(result: EvaluationResult, *, model: str, calibrated: bool
     out["per_class"] = per_class.to_dict(orient="index")
     matrix = metrics.confusion_matrix(labels[scored], decisions[scored])
     out["confusion_matrix"] = {"classes": result.label_space_names, "counts": np.asarray(matrix).round(6).tolist()}
+    if result.acquisition_accuracy is not None:
+        out["acquisition_accuracy"] = result.acquisition_accuracy.to_dict()
+    if result.referral_per_acquisition is not None:
+        out["referral_per_acquisition"] = result.referral_per_acquisition
     if bootstrap:
         out["ci95"] = confidence_intervals(
             labels, probabilities, decisions, score, malignant, space_weights, weights, threshold
@@ -284,6 +347,46 @@ def evaluation_metrics(result: EvaluationResult, *, model: str, calibrated: bool
                 if space_weights[mask].sum() > 0
             }
     return json_safe(out)
+
+
+def referral_per_acquisition(
+    result: EvaluationResult, classifier: AcquisitionClassifier, calibrations: Mapping[str, AcquisitionCalibration]
+) -> dict:
+    """The referral as ``Predictor.predict(acquisition="auto")`` makes it, overall and per recorded acquisition type.
+
+    Each image is scaled by the temperature of the type the classifier reads and compared with that
+    type's referral and urgent thresholds; truth and weights as in the headline referral.
+    """
+    chosen = [calibrations[kind] for kind, _ in classifier.predict_many(result.embeddings)]
+    probabilities = probabilities_at_temperatures(result.logits, [c.temperature for c in chosen])
+    score = metrics.malignancy_score(probabilities, result.class_names)
+    # score >= its own threshold <=> score - threshold >= 0 (exact in floating point): one threshold, 0, for all rows
+    margin = score - np.array([c.referral_threshold for c in chosen])
+    urgent = score >= np.array([c.urgent["threshold"] for c in chosen])
+    _, malignant, weights = result.referral_view()
+    groups = result.frame["acquisition"].fillna("unknown").astype(str).to_numpy()
+
+    def block(mask: np.ndarray) -> dict:
+        keep = mask & (weights > 0)
+        if not keep.any():
+            return {"n_malignant": 0, "n_benign": 0}
+        m, w = malignant[keep], weights[keep]
+        sensitivity, specificity = metrics.sensitivity_specificity_at_threshold(margin[keep], m, 0.0, w)
+        return {
+            "n_malignant": int(m.sum()),
+            "n_benign": int((~m).sum()),
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "referred_fraction": float(np.sum(w * (margin[keep] >= 0)) / w.sum()),
+            "urgent_fraction": float(np.sum(w * urgent[keep]) / w.sum()),
+        }
+
+    everything = np.ones(len(groups), dtype=bool)
+    return {
+        "method": "each image at the temperature and thresholds of the acquisition type the classifier reads",
+        "all": block(everything),
+        "by_acquisition": {group: block(groups == group) for group in sorted(set(groups))},
+    }
 
 
 def json_safe(value: object) -> object:

@@ -1,9 +1,12 @@
 """From an image to a referral: the one call the demo and ``skintriage predict`` make.
 
 :class:`Predictor` holds a loaded bundle and runs, per image: the bundle's preprocessing, one forward
-pass (logits and the embedding the uncertainty gate needs), temperature scaling, the uncertainty gate,
-the referral engine and, on request, Grad-CAM. It keeps no state between calls, so one predictor serves
-concurrent requests.
+pass (logits and the embedding the uncertainty gate needs), the acquisition type (dermoscopic or
+clinical: the caller's, or the bundle's classifier's reading of the embedding; see
+:mod:`skintriage.acquisition`), temperature scaling at that type's temperature, the uncertainty gate,
+the referral engine with that type's thresholds and, on request, Grad-CAM. A bundle without
+per-acquisition calibration uses its pooled temperature and thresholds, as before. It keeps no state
+between calls, so one predictor serves concurrent requests.
 
 The plain forward pass runs on PyTorch or, when the bundle holds an exported ``model.onnx``, on
 onnxruntime (``backend``; see :mod:`skintriage.backend`, "auto" measures which is faster). Saliency
@@ -21,8 +24,21 @@ import torch
 from PIL import Image
 
 from skintriage import DISCLAIMER
+from skintriage.acquisition import (
+    AUTO,
+    AcquisitionClassifier,
+    AcquisitionRequest,
+    AcquisitionUsed,
+    check_request,
+    choose_acquisition,
+)
 from skintriage.backend import Backend, BackendChoice, choose_backend
-from skintriage.calibration import class_balanced_probabilities, probabilities_at_temperature
+from skintriage.calibration import (
+    AcquisitionCalibration,
+    acquisition_calibrations,
+    class_balanced_probabilities,
+    probabilities_at_temperatures,
+)
 from skintriage.checkpoint import DEFAULT_BUNDLE, Bundle, load_bundle
 from skintriage.data.dataset import prepare_pixels
 from skintriage.data.images import ImageDecodeError, decode_image
@@ -47,6 +63,7 @@ class Prediction:
     referral: ReferralDecision
     guidance_topics: list[str]
     heatmap: np.ndarray | None = None  # Grad-CAM of the malignancy probability on the model input, when asked for
+    acquisition: AcquisitionUsed | None = None  # the type the image was taken to be, and the calibration it selected
 
     @property
     def saliency_note(self) -> str | None:
@@ -77,6 +94,7 @@ class Prediction:
                 {"condition": d.condition, "name": d.name, "why": d.why} for d in self.referral.differential
             ],
             "guidance_topics": self.guidance_topics,
+            "acquisition": None if self.acquisition is None else self.acquisition.to_dict(),
             "saliency": self.saliency_note,
             "limits": self.referral.limits,
             "disclaimer": DISCLAIMER,
@@ -101,7 +119,13 @@ class Predictor:
         self.classes = bundle.classes
         self.preset = eval_preset(bundle)
         self.device = next(bundle.model.parameters()).device
-        self.policy = ReferralPolicy.from_metadata(bundle.metadata)
+        self.policy = ReferralPolicy.from_metadata(bundle.metadata)  # the pooled thresholds
+        self.pooled_calibration = AcquisitionCalibration.from_dict(bundle.metadata["calibration"], kind="(pooled)")
+        self.calibrations = acquisition_calibrations(bundle.metadata["calibration"])  # empty for older bundles
+        self.policies = {
+            kind: ReferralPolicy.from_metadata(bundle.metadata, acquisition=kind) for kind in self.calibrations
+        }
+        self.acquisition_classifier = AcquisitionClassifier.from_bundle(bundle)
         self.gate = (
             UncertaintyGate.from_bundle_parts(bundle.uncertainty_tensors, bundle.metadata["uncertainty"])
             if bundle.uncertainty_tensors is not None
@@ -135,9 +159,10 @@ class Predictor:
         with torch.inference_mode():
             return forward(self.bundle.model, pixels)
 
-    def input_tensor(self, image: Image.Image, *, mask_watermark: bool = False) -> torch.Tensor:
-        """The (1, 3, S, S) tensor the model sees for a decoded RGB image (``mask_watermark``: a DermNet photo)."""
-        return self.preset(prepare_pixels(image, mask_watermark=mask_watermark)).unsqueeze(0).to(self.device)
+    def input_tensor(self, image: Image.Image, *, artefact: str | None = None) -> torch.Tensor:
+        """The (1, 3, S, S) tensor the model sees for a decoded RGB image (``artefact``: the one its source
+        registers, e.g. "corner_watermark" for a DermNet photo, removed as in training)."""
+        return self.preset(prepare_pixels(image, artefact=artefact)).unsqueeze(0).to(self.device)
 
     def predict(
         self,
@@ -146,22 +171,32 @@ class Predictor:
         *,
         with_saliency: bool = False,
         file: str | None = None,
+        acquisition: AcquisitionRequest = AUTO,
     ) -> Prediction:
+        """``acquisition``: "dermoscopic" or "clinical" when the caller knows; "auto" lets the bundle's
+        classifier read it from the image (the pooled calibration when the bundle has none)."""
+        check_request(acquisition)
         pixels = self.input_tensor(image)
-        heatmap = None
+        heatmap, used = None, None
         if with_saliency:  # one pass gives the heatmap, the logits and the embedding
+            # the heatmap explains the malignancy probability at the image's own temperature, so the type comes
+            # first: the caller's, or the classifier's reading of a plain forward pass (one extra pass)
+            if acquisition == AUTO and self.acquisition_classifier is not None:
+                used = self.acquisitions(self.forward(pixels)[1], acquisition)
+            temperature = (used[0] if used else self._choose(acquisition, None)).temperature
             explained = saliency(  # the malignancy target localises lesions far better than the class
                 self.bundle.model,
                 pixels,
                 target="malignancy",
                 malignant_indices=self.malignant_indices,
-                temperature=self.bundle.temperature,
+                temperature=temperature,
             )
             logits, embedding = torch.from_numpy(explained.logits)[None], torch.from_numpy(explained.embedding)[None]
             heatmap = explained.heatmap
         else:
             logits, embedding = self.forward(pixels)
-        return self._predictions(logits, embedding, [context], [file], [heatmap])[0]
+        used = used or self.acquisitions(embedding, acquisition)
+        return self._predictions(logits, embedding, [context], [file], [heatmap], used)[0]
 
     def predict_batch(
         self,
@@ -169,16 +204,32 @@ class Predictor:
         context: ClinicalContext | None = None,
         *,
         files: Sequence[str] = (),
-        mask_watermark: bool = False,
+        artefact: str | None = None,
+        acquisition: AcquisitionRequest = AUTO,
     ) -> list[Prediction]:
-        """One forward pass for several images (no saliency)."""
-        pixels = [self.input_tensor(image, mask_watermark=mask_watermark) for image in images]
-        return self._predict_pixels(pixels, context, list(files) or [None] * len(images))
+        """One forward pass for several images (no saliency); ``acquisition`` as in :meth:`predict`, for all."""
+        check_request(acquisition)
+        pixels = [self.input_tensor(image, artefact=artefact) for image in images]
+        return self._predict_pixels(pixels, context, list(files) or [None] * len(images), acquisition)
 
     def predict_files(
-        self, paths: Iterable[Path], context: ClinicalContext | None = None, *, batch_size: int = 32
+        self,
+        paths: Iterable[Path],
+        context: ClinicalContext | None = None,
+        *,
+        batch_size: int = 32,
+        acquisition: AcquisitionRequest = AUTO,
     ) -> Iterator[Prediction | FileError]:
-        """Predictions for files in order; an unreadable file yields a :class:`FileError` and the rest go on."""
+        """Predictions for files in order; an unreadable file yields a :class:`FileError` and the rest go on.
+
+        ``acquisition`` as in :meth:`predict`, for every file ("auto": the classifier's reading of each).
+        """
+        check_request(acquisition)
+        return self._predict_files(paths, context, batch_size, acquisition)
+
+    def _predict_files(
+        self, paths: Iterable[Path], context: ClinicalContext | None, batch_size: int, acquisition: str
+    ) -> Iterator[Prediction | FileError]:
         batch: list[tuple[str, torch.Tensor]] = []
 
         def prepared(path: Path) -> torch.Tensor:  # in a background thread, while the model runs a batch
@@ -186,7 +237,7 @@ class Predictor:
 
         def flush() -> Iterator[Prediction]:
             if batch:
-                yield from self._predict_pixels([t for _, t in batch], context, [f for f, _ in batch])
+                yield from self._predict_pixels([t for _, t in batch], context, [f for f, _ in batch], acquisition)
                 batch.clear()
 
         for path, pixels in prefetch_decoded(paths, decode=prepared, ahead=2 * batch_size):
@@ -206,20 +257,45 @@ class Predictor:
         return overlay(image.convert("RGB"), heatmap, crop_fraction=crop_fraction)
 
     def decide(
-        self, probabilities: dict[str, float], uncertainty: Uncertainty | None, context: ClinicalContext | None
+        self,
+        probabilities: dict[str, float],
+        uncertainty: Uncertainty | None,
+        context: ClinicalContext | None,
+        *,
+        acquisition: AcquisitionUsed | None = None,
     ) -> ReferralDecision:
-        return decide(probabilities, uncertainty, context, self.policy)
+        """The referral engine with the thresholds ``acquisition`` selected (``None``: the pooled ones)."""
+        return decide(probabilities, uncertainty, context, self.policy_for(acquisition))
+
+    def policy_for(self, acquisition: AcquisitionUsed | None) -> ReferralPolicy:
+        """The thresholds of the calibration an image's acquisition type selected (the pooled ones by default)."""
+        return self.policy if acquisition is None else self.policies.get(acquisition.calibration, self.policy)
+
+    def acquisitions(self, embedding: torch.Tensor | np.ndarray, requested: str) -> list[AcquisitionUsed]:
+        """Per row of ``embedding``: the requested type, or the classifier's reading ("auto"), and its calibration.
+
+        The classifier runs whenever the bundle has one, so that a caller's type is reported with the
+        model's probability for it.
+        """
+        check_request(requested)
+        if self.acquisition_classifier is None:
+            predicted = [None] * len(embedding)
+        else:
+            rows = embedding.float().cpu().numpy() if isinstance(embedding, torch.Tensor) else np.asarray(embedding)
+            predicted = self.acquisition_classifier.predict_many(rows)
+        return [self._choose(requested, p) for p in predicted]
 
     # ------------------------------------------------------------------------------------------------
 
+    def _choose(self, requested: str, predicted: tuple[str, float] | None) -> AcquisitionUsed:
+        return choose_acquisition(requested, predicted, self.calibrations, self.pooled_calibration)
+
     def _predict_pixels(
-        self, pixels: list[torch.Tensor], context: ClinicalContext | None, files: list[str | None]
+        self, pixels: list[torch.Tensor], context: ClinicalContext | None, files: list[str | None], acquisition: str
     ) -> list[Prediction]:
         logits, embedding = self.forward(torch.cat(pixels))
-        return self._predictions(logits, embedding, [context] * len(files), files, [None] * len(files))
-
-    def _calibrated(self, logits: np.ndarray) -> np.ndarray:
-        return probabilities_at_temperature(logits, self.bundle.temperature)
+        used = self.acquisitions(embedding, acquisition)
+        return self._predictions(logits, embedding, [context] * len(files), files, [None] * len(files), used)
 
     def _class_call(self, probabilities: np.ndarray) -> str:
         scored = (
@@ -227,22 +303,25 @@ class Predictor:
         )
         return self.classes[int(np.argmax(scored))]
 
-    def _predictions(self, logits, embedding, contexts, files, heatmaps) -> list[Prediction]:
-        probabilities = self._calibrated(logits.float().cpu().numpy())
+    def _predictions(self, logits, embedding, contexts, files, heatmaps, acquisitions=None) -> list[Prediction]:
+        """``acquisitions``: one :class:`AcquisitionUsed` per row (default: "auto" for every row)."""
+        acquisitions = acquisitions or self.acquisitions(embedding, AUTO)
+        temperatures = [used.temperature for used in acquisitions]
+        probabilities = probabilities_at_temperatures(logits.float().cpu().numpy(), temperatures)
         uncertainties = (
             self.gate.assess(embedding.float().cpu().numpy(), probabilities)
             if self.gate is not None
             else [None] * len(probabilities)
         )
         out = []
-        for p, uncertainty, context, file, heatmap in zip(
-            probabilities, uncertainties, contexts, files, heatmaps, strict=True
+        for p, uncertainty, context, file, heatmap, used in zip(
+            probabilities, uncertainties, contexts, files, heatmaps, acquisitions, strict=True
         ):
             named = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
             groups = {group.value: 0.0 for group in TriageGroup}
             for code, value in named.items():
                 groups[DIAGNOSES[code].group.value] += value
-            decision = self.decide(named, uncertainty, context)
+            decision = self.decide(named, uncertainty, context, acquisition=used)
             out.append(
                 Prediction(
                     file=file,
@@ -254,6 +333,7 @@ class Predictor:
                     referral=decision,
                     guidance_topics=topics_for_differential(d.condition for d in decision.differential),
                     heatmap=heatmap,
+                    acquisition=used,
                 )
             )
         return out

@@ -102,6 +102,64 @@ class ClinicalContext:
         return self == ClinicalContext()
 
 
+# How the threshold reasons name an acquisition type: "the clinical-photo threshold", "used for clinical photos".
+ACQUISITION_WORDS = {
+    "dermoscopic": ("dermoscopic-image", "dermoscopic images"),
+    "clinical": ("clinical-photo", "clinical photos"),
+}
+
+
+@dataclass(frozen=True)
+class ThresholdSource:
+    """Where one acquisition type's thresholds came from (``calibration.by_acquisition.<type>`` in ``model.json``).
+
+    The reasons quote it, so that a referral says whose threshold it applied and how that threshold did on
+    validation. ``fallback`` is set when the type had too few validation images and kept the pooled values
+    (the numbers are then the pooled ones, over all validation images).
+    """
+
+    acquisition: str
+    n_images: int
+    referral_sensitivity: float
+    referral_specificity: float
+    urgent_sensitivity: float
+    urgent_specificity: float
+    fallback: str | None = None
+
+    @classmethod
+    def from_entry(cls, acquisition: str, entry: Mapping) -> ThresholdSource:
+        validation, urgent = entry.get("validation") or {}, entry.get("urgent") or {}
+        nan = float("nan")
+        return cls(
+            acquisition=acquisition,
+            n_images=int(validation.get("n_images", 0)),
+            referral_sensitivity=float(validation.get("referral_sensitivity", nan)),
+            referral_specificity=float(validation.get("referral_specificity", nan)),
+            urgent_sensitivity=float(urgent.get("validation_sensitivity", nan)),
+            urgent_specificity=float(urgent.get("validation_specificity", nan)),
+            fallback=entry.get("fallback"),
+        )
+
+    @property
+    def label(self) -> str:
+        """E.g. "the clinical-photo threshold", or "the pooled threshold, used for clinical photos"."""
+        name, plural = ACQUISITION_WORDS.get(self.acquisition, (self.acquisition, f"{self.acquisition} images"))
+        if self.fallback:
+            return (
+                f"the pooled threshold, used for {plural} because there were {self.fallback.removeprefix('pooled: ')}"
+            )
+        return f"the {name} threshold"
+
+    def note(self, target: str, sensitivity: float, specificity: float) -> str:
+        """``target`` ("chosen for 95% sensitivity") with the validation set and how the threshold did on it."""
+        images = (
+            f"{self.n_images} validation images"
+            if self.fallback
+            else f"{self.n_images} {self.acquisition} validation images"
+        )
+        return f"{self.label}; {target} on {images}: sensitivity {sensitivity:.3f}, specificity {specificity:.3f}"
+
+
 @dataclass(frozen=True)
 class ReferralPolicy:
     """Every threshold the engine uses, and where it comes from.
@@ -122,6 +180,9 @@ class ReferralPolicy:
       features; a project choice, so that an angioma without context is not referred.
     * ``target_sensitivity``, ``urgent_specificity``, ``ood_quantile``, ``low_confidence_quantile``: the
       validation targets the thresholds were chosen for, quoted in the reasons.
+    * ``source``: set when the two malignancy thresholds are one acquisition type's (dermoscopic or
+      clinical, fitted on that type's validation images); the threshold reasons then name it and its
+      validation numbers. ``None``: the pooled thresholds, worded as they always were.
     """
 
     referral_threshold: float
@@ -136,6 +197,7 @@ class ReferralPolicy:
     urgent_specificity: float = 0.95
     ood_quantile: float = 0.99
     low_confidence_quantile: float = 0.95
+    source: ThresholdSource | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.referral_threshold <= self.urgent_threshold <= 1.0:
@@ -148,14 +210,27 @@ class ReferralPolicy:
             raise ValueError(f"non_pigmented_classes / mcc_mimic_classes {unknown} are not diagnoses of the taxonomy")
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping) -> ReferralPolicy:
-        """The policy for a bundle (``model.json``); refuses one whose thresholds were never calibrated."""
+    def from_metadata(cls, metadata: Mapping, *, acquisition: str | None = None) -> ReferralPolicy:
+        """The policy for a bundle (``model.json``); refuses one whose thresholds were never calibrated.
+
+        ``acquisition`` ("dermoscopic", "clinical"): that type's thresholds from ``calibration.by_acquisition``
+        instead of the pooled ones (an error naming the field if the bundle has none for it).
+        """
         calibration = metadata.get("calibration") or {}
         if "referral_threshold" not in calibration or "threshold" not in (calibration.get("urgent") or {}):
             raise ValueError(
                 "the model bundle has no calibrated referral and urgent thresholds (calibration.referral_threshold, "
                 "calibration.urgent.threshold); run `skintriage fit-gates --checkpoint DIR`"
             )
+        source = None
+        if acquisition is not None:
+            entry = (calibration.get("by_acquisition") or {}).get(acquisition) or {}
+            if "referral_threshold" not in entry or "threshold" not in (entry.get("urgent") or {}):
+                raise ValueError(
+                    f"the model bundle has no calibration.by_acquisition.{acquisition} with referral_threshold and "
+                    "urgent.threshold; run `skintriage fit-gates --checkpoint DIR`"
+                )
+            calibration, source = entry, ThresholdSource.from_entry(acquisition, entry)
         gate = metadata.get("uncertainty") or {}
         return cls(
             referral_threshold=float(calibration["referral_threshold"]),
@@ -164,7 +239,22 @@ class ReferralPolicy:
             urgent_specificity=float(calibration["urgent"].get("target_specificity", 0.95)),
             ood_quantile=float(gate.get("ood_quantile", 0.99)),
             low_confidence_quantile=float(gate.get("low_confidence_quantile", 0.95)),
+            source=source,
         )
+
+    def referral_note(self) -> str:
+        """What the reasons say about the referral threshold, in brackets after its value."""
+        target = f"chosen for {self.target_sensitivity:.0%} sensitivity"
+        if self.source is None:
+            return f"{target} on validation images"
+        return self.source.note(target, self.source.referral_sensitivity, self.source.referral_specificity)
+
+    def urgent_note(self) -> str:
+        """What the reasons say about the urgent threshold, in brackets after its value."""
+        target = f"{self.urgent_specificity:.0%} specificity"
+        if self.source is None:
+            return f"{target} on validation images"
+        return self.source.note(f"chosen for {target}", self.source.urgent_sensitivity, self.source.urgent_specificity)
 
 
 @dataclass(frozen=True)
@@ -248,15 +338,14 @@ def decide(
             "malignancy_above_urgent_threshold",
             Level.URGENT,
             f"The image looks malignant: malignancy probability {malignancy:.3f} is at or above the urgent threshold "
-            f"{policy.urgent_threshold:.3f} ({policy.urgent_specificity:.0%} specificity on validation images).",
+            f"{policy.urgent_threshold:.3f} ({policy.urgent_note()}).",
         )
     elif above_referral:
         fire(
             "malignancy_above_referral_threshold",
             Level.REFER,
             f"Malignancy probability {malignancy:.3f} is at or above the referral threshold "
-            f"{policy.referral_threshold:.3f} (chosen for {policy.target_sensitivity:.0%} sensitivity on validation "
-            "images).",
+            f"{policy.referral_threshold:.3f} ({policy.referral_note()}).",
         )
     share = malignant_share(probabilities, policy.non_pigmented_classes)
     non_pigmented = above_referral and share >= policy.non_pigmented_share
@@ -399,6 +488,7 @@ def decide(
 
     level = max((Level[r.level.upper()] for r in reasons), default=Level.ROUTINE)
     if level == Level.ROUTINE:
+        which = "" if policy.source is None else f" ({policy.source.label})"
         given = (
             f" Clinical features given: {'; '.join(aeiou)} (fewer than {policy.aeiou_min_features} AEIOU)."
             if aeiou
@@ -408,7 +498,7 @@ def decide(
             Reason(
                 "no_rule_fired",
                 f"Malignancy probability {malignancy:.3f} is below the referral threshold "
-                f"{policy.referral_threshold:.3f} and the image is within the model's experience.{given} "
+                f"{policy.referral_threshold:.3f}{which} and the image is within the model's experience.{given} "
                 "A new, growing or changing nodule still needs clinical examination.",
                 Level.ROUTINE.label,
             )

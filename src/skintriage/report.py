@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 
 from skintriage import DISCLAIMER, metrics
 from skintriage.atomic import atomic_path, atomic_write_text
+from skintriage.data.sources import SOURCES
 from skintriage.evaluate import BOOTSTRAP_RESAMPLES, EvaluationResult
 from skintriage.taxonomy import DIAGNOSES, is_malignant
 
@@ -358,6 +359,42 @@ def group_table(*, title: str, groups: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(header=header, rows=rows)
 
 
+def acquisition_sections(m: Mapping[str, Any]) -> list[str]:
+    """The acquisition classifier's accuracy and the per-acquisition referral, when the bundle has them."""
+    sections = []
+    accuracy = m.get("acquisition_accuracy")
+    if accuracy:
+        rows = [["all recorded", fmt(accuracy.get("n_images")), fmt(accuracy.get("accuracy"))]]
+        rows += [
+            [kind, fmt(values.get("n_images")), fmt(values.get("accuracy"))]
+            for kind, values in (accuracy.get("by_acquisition") or {}).items()
+        ]
+        sections.append(
+            "## Acquisition classifier\n\nHow often the model's dermoscopic-or-clinical reading (which selects the "
+            "temperature and thresholds when the user does not say) matches the recorded acquisition type; "
+            f"{fmt(accuracy.get('n_not_recorded'))} images without a recorded type are not scored.\n\n"
+            + markdown_table(header=["acquisition", "images", "accuracy"], rows=rows)
+        )
+    deployed = m.get("referral_per_acquisition")
+    if deployed:
+        groups = {"all images": deployed.get("all") or {}, **(deployed.get("by_acquisition") or {})}
+        keys = ("sensitivity", "specificity", "referred_fraction", "urgent_fraction")
+        rows = [
+            [group, f"{fmt(b.get('n_malignant'))} / {fmt(b.get('n_benign'))}", *(fmt(b.get(k)) for k in keys)]
+            for group, b in groups.items()
+        ]
+        sections.append(
+            "## Referral with per-acquisition thresholds\n\nAs the predictor refers by default: "
+            f"{deployed.get('method', '')}. The headline referral above uses the pooled temperature and "
+            "threshold.\n\n"
+            + markdown_table(
+                header=["acquisition", "malignant / benign", "sensitivity", "specificity", "referred", "urgent"],
+                rows=rows,
+            )
+        )
+    return sections
+
+
 def how_to_read(m: Mapping[str, Any]) -> str:
     space = ", ".join(f"`{name}`" for name in m.get("label_space", []))
     return (
@@ -397,6 +434,7 @@ def report_sections(result: EvaluationResult) -> list[str]:
     for key, title in (("by_acquisition", "acquisition"), ("by_source", "source")):
         if m.get(key):
             sections.append(f"## By {title}\n\n" + group_table(title=title, groups=m[key]))
+    sections += acquisition_sections(m)
     sections += [
         f"## Calibration\n\n![Reliability diagram]({RELIABILITY_FILE})",
         f"## Confusion matrix\n\n![Confusion matrix]({CONFUSION_FILE})",
@@ -434,7 +472,8 @@ def card_details(meta: Mapping[str, Any]) -> str:
         ["name", str(meta.get("name", "unknown"))],
         [
             "architecture",
-            f"{architecture.get('name', 'unknown')} (stem {architecture.get('stem', 'n/a')}), trained from scratch",
+            f"{architecture.get('name', 'unknown')} (stem {architecture.get('stem', 'n/a')}), "
+            f"{initialisation(architecture)}",
         ],
         ["classes", ", ".join(f"`{c}`" for c in meta.get("classes", []))],
         ["taxonomy version", str(meta.get("taxonomy_version", "n/a"))],
@@ -454,6 +493,22 @@ def card_intended_use() -> str:
         "* **Not a diagnostic device.** It must not be used to diagnose, treat or exclude any disease, or to "
         "decide whether a person sees a clinician. It has no regulatory clearance."
     )
+
+
+def initialisation(architecture: Mapping[str, Any]) -> str:
+    """How the weights started, from the bundle's ``architecture.pretrained`` (absent: an older bundle, scratch)."""
+    pretrained = str(architecture.get("pretrained", "none"))
+    if pretrained == "none":
+        return "trained from scratch"
+    if pretrained in ("imagenet", "torchvision"):
+        return "initialised from ImageNet-trained weights and fine-tuned end to end"
+    return f"initialised from the weights file `{Path(pretrained).name}` and fine-tuned"
+
+
+def masked_artefacts(meta: Mapping[str, Any]) -> list[str]:
+    """E.g. ["dermnet: corner_watermark", "sd198: caption_bar"]: what was removed, per source, in preprocessing."""
+    masked = (meta.get("preprocessing") or {}).get("mask_watermark_sources") or []
+    return [f"{name}: {SOURCES[name].artefact if name in SOURCES else 'unknown'}" for name in masked]
 
 
 def training_data(meta: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -541,12 +596,12 @@ def card_training_data(meta: Mapping[str, Any]) -> str:
 def card_preprocessing(meta: Mapping[str, Any]) -> str:
     p = meta.get("preprocessing", {}) or {}
     normalization = p.get("normalization", {}) or {}
-    masked = p.get("mask_watermark_sources") or []
+    masked = masked_artefacts(meta)
     rows = [
         ["input size", f"{fmt(p.get('input_size'))} px"],
         ["resize", str(p.get("resize", "n/a"))],
         ["normalisation", f"mean {normalization.get('mean', 'n/a')}, std {normalization.get('std', 'n/a')}"],
-        ["watermark corner masked for", ", ".join(masked) if masked else "none"],
+        ["source artefacts removed (watermark corner filled, caption bar cropped)", ", ".join(masked) or "none"],
     ]
     return "## Preprocessing\n\n" + markdown_table(header=["step", "value"], rows=rows)
 
@@ -582,6 +637,20 @@ def card_calibration(meta: Mapping[str, Any]) -> str:
             ],
             ["validation share the model cannot assess", fmt(rates.get("cannot_assess"))],
         ]
+    classifier = meta.get("acquisition_classifier") or {}
+    if classifier:
+        accuracy = classifier.get("validation_accuracy") or {}
+        per_type = ", ".join(
+            f"{kind} {fmt(v.get('accuracy'))}" for kind, v in (accuracy.get("by_acquisition") or {}).items()
+        )
+        rows += [
+            ["acquisition classifier", str(classifier.get("method", "n/a"))],
+            [
+                "acquisition classifier: training images",
+                ", ".join(f"{k} {fmt(v)}" for k, v in (classifier.get("fitted_on") or {}).items()),
+            ],
+            ["acquisition classifier: validation accuracy", f"{fmt(accuracy.get('accuracy'))} ({per_type})"],
+        ]
     decision = meta.get("decision") or {}
     if decision:
         rows.append(["class call (chosen on validation balanced accuracy)", str(decision.get("rule", "argmax"))])
@@ -594,7 +663,46 @@ def card_calibration(meta: Mapping[str, Any]) -> str:
         "validation NLL), then the largest referral threshold that still refers the target share of malignant "
         "validation lesions. The referral engine's urgent threshold (the smallest keeping the target specificity) "
         "and the uncertainty gate's thresholds (quantiles of validation scores) are fitted on the same split; the "
-        "gate's class statistics on the training split.\n\n" + markdown_table(header=["quantity", "value"], rows=rows)
+        "gate's class statistics on the training split.\n\n"
+        + markdown_table(header=["quantity", "value"], rows=rows)
+        + card_acquisition_calibration(c)
+    )
+
+
+def card_acquisition_calibration(calibration: Mapping[str, Any]) -> str:
+    """The per-acquisition temperatures and thresholds (empty for a bundle calibrated before they existed)."""
+    entries = calibration.get("by_acquisition") or {}
+    if not entries:
+        return ""
+    rows = []
+    for kind, e in entries.items():
+        v, urgent = e.get("validation") or {}, e.get("urgent") or {}
+        rows.append(
+            [
+                kind,
+                fmt(e.get("temperature")),
+                fmt(e.get("referral_threshold")),
+                f"{fmt(v.get('referral_sensitivity'))} / {fmt(v.get('referral_specificity'))}",
+                fmt(urgent.get("threshold")),
+                f"{fmt(urgent.get('validation_sensitivity'))} / {fmt(urgent.get('validation_specificity'))}",
+                "pooled values" if e.get("fallback") else fmt(v.get("n_images")),
+                str(e.get("fallback") or ""),
+            ]
+        )
+    header = [
+        "acquisition",
+        "temperature",
+        "referral threshold",
+        "referral sens. / spec.",
+        "urgent threshold",
+        "urgent sens. / spec.",
+        "validation images",
+        "fallback",
+    ]
+    return (
+        "\n\nPer acquisition type: the same fit on each type's validation images only, applied to the type the "
+        "user states or the acquisition classifier reads; a type with too few images keeps the pooled values.\n\n"
+        + markdown_table(header=header, rows=rows)
     )
 
 
@@ -655,21 +763,33 @@ def card_limitations(meta: Mapping[str, Any]) -> str:
     n_train = sum(n for key, n in images.items() if key.endswith("/train"))
     size = (meta.get("preprocessing") or {}).get("input_size")
     mix = acquisition_mix(meta)
+    architecture = meta.get("architecture") or {}
+    sources = {policy.get("source") for policy in training_data(meta).get("sources") or []}
+    masked = masked_artefacts(meta)
+    skin_types = (
+        "only Fitzpatrick17k records Fitzpatrick skin type (its results by skin type are not reported here)"
+        if "fitzpatrick17k" in sources
+        else "the training sets do not record Fitzpatrick skin type"
+    )
     return (
         "## Limitations\n\n"
-        f"* **Small model trained from scratch** ({(meta.get('architecture') or {}).get('name', 'n/a')}, "
+        f"* **Small model** ({architecture.get('name', 'n/a')}, {initialisation(architecture)}; "
         f"{n_train or 'an unrecorded number of'} training images) at **low resolution** ({fmt(size)} px): fine "
-        "dermoscopic structures are lost, and it is well below the accuracy of large pretrained models.\n"
+        "dermoscopic structures are lost, and it is below the accuracy of large models trained at full size.\n"
         f"* **Dermoscopic vs clinical shift**{f' (images: {mix})' if mix else ''}: dermoscopic and clinical "
         "photographs look different, and in public data the acquisition type is confounded with the source and "
         "its case mix, so the model may partly learn the camera rather than the lesion. Compare the "
         "per-acquisition results in each evaluation report; performance on phone photographs is unmeasured "
         "unless an evaluation set above contains them.\n"
-        "* **Skin-type coverage is unknown**: the training sets do not record Fitzpatrick skin type, and "
-        "dermatology image collections are known to under-represent dark skin.\n"
-        "* **Watermarks**: DermNet images carry a corner watermark; it is masked for the sources listed under "
-        "preprocessing, at training and inference, but other artefacts (rulers, ink marks, vignetting) may still "
-        "be learnt as shortcuts.\n"
+        f"* **Skin-type coverage is largely unknown**: {skin_types}, and dermatology image collections are known "
+        "to under-represent dark skin.\n"
+        "* **Source artefacts**: "
+        + (
+            f"removed at training and evaluation for {', '.join(masked)}; "
+            if masked
+            else "none was removed; watermarks or caption bars of a source can be learnt as shortcuts; "
+        )
+        + "other artefacts (rulers, ink marks, vignetting, atlas framing) may still be learnt as shortcuts.\n"
         "* The referral threshold is a validation estimate: its sensitivity on new data varies around the target "
         "(see the intervals), and on lesions unlike any in training it is unknown."
     )

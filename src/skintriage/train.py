@@ -13,8 +13,9 @@ Read top to bottom, a run is:
    validation split (balanced accuracy chooses the best epoch and drives early stopping), a row is
    added to ``log.csv`` and the complete training state is saved to ``last.pt``.
 4. **Finish.** The best weights are rounded as the bundle stores them, calibrated on validation
-   (temperature, referral threshold) and written as a bundle (``bundle/``); then every test set is
-   evaluated and reported (``eval/<name>/``). Test sets choose nothing.
+   (temperature, referral threshold; pooled, then per acquisition type), given their referral gates
+   (urgent threshold, uncertainty gate, the dermoscopic-or-clinical classifier) and written as a bundle
+   (``bundle/``); then every test set is evaluated and reported (``eval/<name>/``). Test sets choose nothing.
 
 **Resuming.** Rerunning the same command on the same ``--out`` folder continues after the last
 completed epoch. Every epoch reseeds the augmentation and the sampler from ``(seed, epoch)``, so a
@@ -57,11 +58,14 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from skintriage import metrics
+from skintriage.acquisition import acquisition_accuracy, fit_acquisition_classifier, training_problem
 from skintriage.atomic import atomic_path, atomic_write_text
 from skintriage.calibration import (
     calibrate,
+    calibrate_by_acquisition,
     class_balanced_probabilities,
     probabilities_at_temperature,
+    probabilities_at_temperatures,
     urgent_threshold,
 )
 from skintriage.checkpoint import (
@@ -75,10 +79,17 @@ from skintriage.checkpoint import (
 from skintriage.config import ConfigError, SourceConfig, TrainConfig, load_config, parse_overrides
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetEval, ClassificationPresetTrain
-from skintriage.data.records import Manifest
+from skintriage.data.records import ACQUISITIONS, Manifest
 from skintriage.data.samplers import DistributedWeightedSampler
 from skintriage.data.sources import get_source
-from skintriage.data.splits import hash_images, split_manifest
+from skintriage.data.splits import (
+    DuplicateMove,
+    ImageHashes,
+    concat_hashes,
+    hash_images,
+    resolve_cross_source_duplicates,
+    split_manifest,
+)
 from skintriage.distributed import (
     World,
     all_reduce_sum,
@@ -91,7 +102,14 @@ from skintriage.distributed import (
     wrap,
 )
 from skintriage.evaluate import evaluate_bundle, evaluation_result, multiclass_block, write_evaluation
-from skintriage.inference import bundle_dataset, loader_for, predict_logits, predict_outputs, resolve_device
+from skintriage.inference import (
+    Outputs,
+    bundle_dataset,
+    loader_for,
+    predict_logits,
+    predict_outputs,
+    resolve_device,
+)
 from skintriage.models import create_model, get_spec, normalization_for
 from skintriage.report import write_model_card
 from skintriage.taxonomy import DIAGNOSES
@@ -106,17 +124,31 @@ SPLITS_FILE = "splits.csv"
 # --- 1. data ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The combined, split manifest of a config's sources, how each was split, and the rows moved so that
+    no photo straddles splits across sources."""
+
+    manifest: Manifest
+    policies: list[dict]
+    cross_source_moves: list[DuplicateMove]
+
+
 def load_split_source(
     config: TrainConfig, source_config: SourceConfig, *, data_root: Path | None, progress: bool
-) -> tuple[Manifest, dict]:
-    """One source, loaded and split as the config says; returns the manifest and the split policy."""
+) -> tuple[Manifest, dict, ImageHashes]:
+    """One source, loaded and split as the config says; returns the manifest, the split policy and the hashes."""
     source = get_source(source_config.name)
     manifest = source.load(config.source_root(source_config, data_root), progress=progress).with_images()
-    hashes = hash_images(manifest, progress=progress) if source_config.split == "project" else None
+    hashes = hash_images(manifest, progress=progress)
     split, policy = split_manifest(
-        manifest, strategy=source_config.split, fractions=source.split_fractions, seed=config.split_seed, hashes=hashes
+        manifest,
+        strategy=source_config.split,
+        fractions=source.split_fractions,
+        seed=config.split_seed,
+        hashes=hashes if source_config.split == "project" else None,
     )
-    return split, {"source": source.name, "licence": source.licence, "citation": source.citation, **policy}
+    return split, {"source": source.name, "licence": source.licence, "citation": source.citation, **policy}, hashes
 
 
 def combine(manifests: list[Manifest]) -> Manifest:
@@ -124,9 +156,11 @@ def combine(manifests: list[Manifest]) -> Manifest:
     return Manifest.concat(manifests, root=root)
 
 
-def training_manifest(config: TrainConfig, *, data_root: Path | None = None, progress: bool = True):
+def training_manifest(config: TrainConfig, *, data_root: Path | None = None, progress: bool = True) -> TrainingData:
     loaded = [load_split_source(config, s, data_root=data_root, progress=progress) for s in config.sources]
-    return combine([m for m, _ in loaded]), [policy for _, policy in loaded]
+    combined = combine([manifest for manifest, _, _ in loaded])
+    manifest, moves = resolve_cross_source_duplicates(combined, concat_hashes([hashes for _, _, hashes in loaded]))
+    return TrainingData(manifest, [policy for _, policy, _ in loaded], moves)
 
 
 def class_names_for(config: TrainConfig, train_frame: pd.DataFrame) -> list[str]:
@@ -136,11 +170,12 @@ def class_names_for(config: TrainConfig, train_frame: pd.DataFrame) -> list[str]
     return [code for code in DIAGNOSES if code in present]
 
 
-def data_summary(manifest: Manifest, policies: list[dict]) -> dict:
-    frame = manifest.frame
+def data_summary(data: TrainingData) -> dict:
+    frame = data.manifest.frame
     counts = frame.groupby(["source", "split"]).size()
     return {
-        "sources": policies,
+        "sources": data.policies,
+        "cross_source_duplicates_moved": [move.to_dict() for move in data.cross_source_moves],
         "images": {f"{source}/{split}": int(n) for (source, split), n in counts.items()},
         "diagnoses_train": {k: int(v) for k, v in frame[frame.split == "train"].diagnosis.value_counts().items()},
         "acquisition": {k: int(v) for k, v in frame.acquisition.value_counts().items()},
@@ -441,27 +476,85 @@ def choose_class_call(
     }
 
 
+@dataclass(frozen=True)
+class ReferralGates:
+    """What :func:`fit_referral_gates` fits: the ``model.json`` fields it replaces and the tensor files they hash."""
+
+    calibration: dict  # the pooled calibration as it was, with a refitted "urgent" and "by_acquisition"
+    uncertainty: dict  # the uncertainty gate's summary
+    uncertainty_tensors: dict[str, torch.Tensor]
+    acquisition_classifier: dict | None  # its summary; None when training lacked two acquisition types to learn
+    acquisition_tensors: dict[str, torch.Tensor] | None
+
+    def apply(self, metadata: dict) -> dict:
+        """``metadata`` with these fields replaced; a classifier that could not be fitted removes a stale one."""
+        out = {**metadata, "calibration": self.calibration, "uncertainty": self.uncertainty}
+        out.pop("acquisition_classifier", None)
+        if self.acquisition_classifier is not None:
+            out["acquisition_classifier"] = self.acquisition_classifier
+        return out
+
+    def save(self, directory: Path, model: nn.Module, metadata: dict, *, half: bool) -> Path:
+        """:func:`save_bundle` with these gates' fields and tensor files."""
+        return save_bundle(
+            directory,
+            model,
+            self.apply(metadata),
+            half=half,
+            uncertainty_tensors=self.uncertainty_tensors,
+            acquisition_tensors=self.acquisition_tensors,
+        )
+
+
+def acquisition_of(rows: pd.DataFrame, outputs: Outputs) -> np.ndarray:
+    """Each predicted row's recorded acquisition type (``None`` where the source records none), in output order."""
+    return rows["acquisition"].to_numpy(dtype=object)[outputs.rows]
+
+
 def fit_referral_gates(
     bundle: Bundle, manifest: Manifest, config: TrainConfig, *, progress: bool = True
-) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The referral engine's gates for a calibrated bundle: the urgent threshold and the uncertainty gate.
+) -> ReferralGates:
+    """The referral engine's gates for a calibrated bundle, from one pass over its training and validation images.
 
-    Returns the ``model.json`` fields to update (``calibration`` with ``urgent``, and ``uncertainty``)
-    and the gate's tensors for :func:`save_bundle`. Embeddings come from the bundle's own (rounded)
-    weights with evaluation preprocessing, training images for the class Gaussians and validation
-    images for every threshold.
+    * the pooled urgent threshold (at the pooled temperature, which is kept as it is);
+    * ``calibration.by_acquisition``: temperature, referral and urgent thresholds per acquisition type,
+      on that type's validation images (pooled values where a type has too few; see ``calibration``);
+    * the uncertainty gate: class Gaussians on training embeddings, thresholds on validation, whose
+      entropies are taken at each image's own acquisition-type temperature, as predictions will be;
+    * the acquisition classifier on the training embeddings' types, its accuracy on validation.
+
+    Embeddings come from the bundle's own (rounded) weights with evaluation preprocessing.
     """
     frame = manifest.frame
 
-    def outputs(split: str):
+    def outputs(split: str) -> tuple[Outputs, np.ndarray]:
         rows = frame[(frame.split == split) & frame.diagnosis.isin(bundle.classes)].reset_index(drop=True)
         loader = loader_for(bundle_dataset(bundle, Manifest(rows, manifest.root)))
-        return predict_outputs(
+        predicted = predict_outputs(
             bundle.model, loader, embeddings=True, progress=progress, description=f"{split} embeddings"
         )
+        return predicted, acquisition_of(rows, predicted)
 
-    train, val = outputs("train"), outputs("val")
-    val_probabilities = probabilities_at_temperature(val.logits, bundle.temperature)
+    (train, train_kinds), (val, val_kinds) = outputs("train"), outputs("val")
+    urgent = urgent_threshold(
+        probabilities_at_temperature(val.logits, bundle.temperature),
+        val.labels,
+        bundle.classes,
+        target_specificity=config.urgent_specificity,
+    )
+    pooled = {k: v for k, v in bundle.metadata.get("calibration", {}).items() if k != "by_acquisition"}
+    pooled["urgent"] = urgent
+    by_acquisition = calibrate_by_acquisition(
+        val.logits,
+        val.labels,
+        val_kinds,
+        bundle.classes,
+        pooled=pooled,
+        target_sensitivity=config.target_sensitivity,
+        target_specificity=config.urgent_specificity,
+    )
+    temperatures = [by_acquisition[k].temperature if k in by_acquisition else bundle.temperature for k in val_kinds]
+    val_probabilities = probabilities_at_temperatures(val.logits, temperatures)
     gate = fit_uncertainty_gate(
         train_embeddings=train.embeddings,
         train_labels=train.labels,
@@ -473,6 +566,7 @@ def fit_referral_gates(
     validation = gate.assess(val.embeddings, val_probabilities)
     summary = {
         **gate.summary(),
+        "probabilities": "validation entropies at each image's acquisition-type temperature",
         "fitted_on": {"train_images": len(train.labels), "validation_images": len(val.labels)},
         "validation_rates": {
             "out_of_distribution": float(np.mean([u.out_of_distribution for u in validation])),
@@ -480,31 +574,46 @@ def fit_referral_gates(
             "cannot_assess": float(np.mean([u.cannot_assess for u in validation])),
         },
     }
-    urgent = urgent_threshold(
-        val_probabilities, val.labels, bundle.classes, target_specificity=config.urgent_specificity
+    classifier_summary, classifier_tensors = fit_bundle_acquisition_classifier(train, train_kinds, val, val_kinds)
+    return ReferralGates(
+        calibration={**pooled, "by_acquisition": {kind: c.to_dict() for kind, c in by_acquisition.items()}},
+        uncertainty=summary,
+        uncertainty_tensors=gate.tensors(),
+        acquisition_classifier=classifier_summary,
+        acquisition_tensors=classifier_tensors,
     )
-    calibration = {**bundle.metadata.get("calibration", {}), "urgent": urgent}
-    return {"calibration": calibration, "uncertainty": summary}, gate.tensors()
+
+
+def fit_bundle_acquisition_classifier(
+    train: Outputs, train_kinds: np.ndarray, val: Outputs, val_kinds: np.ndarray
+) -> tuple[dict | None, dict[str, torch.Tensor] | None]:
+    """(``model.json`` summary, tensors) of the classifier fitted on the training embeddings with a recorded type;
+    ``(None, None)`` when the training split does not hold enough images of both types to learn them."""
+    known = np.isin(train_kinds, ACQUISITIONS)
+    if training_problem(train_kinds[known]) is not None:
+        return None, None
+    classifier = fit_acquisition_classifier(train.embeddings[known], train_kinds[known])
+    counts = {kind: int((train_kinds == kind).sum()) for kind in ACQUISITIONS}
+    summary = {
+        **classifier.summary(),
+        "fitted_on": {"train_images": int(known.sum()), **counts},
+        "validation_accuracy": acquisition_accuracy(classifier, val.embeddings, val_kinds).to_dict(),
+    }
+    return summary, classifier.tensors()
 
 
 def refit_referral_gates(bundle_dir: Path, *, data_root: Path | None = None, progress: bool = True) -> Path:
     """Fit (again) the gates of an existing bundle from the training config it records, on the same splits.
 
-    Weights, temperature and referral threshold are untouched; ``model.json`` gains the urgent
-    threshold and the uncertainty gate, and the model card is rewritten.
+    Weights and the pooled temperature and referral threshold are untouched; ``model.json`` gains (or
+    replaces) the pooled urgent threshold, the per-acquisition calibration, the uncertainty gate and the
+    acquisition classifier, and the model card is rewritten. The recorded test metrics are not rerun.
     """
     bundle = load_bundle(bundle_dir)
     config = TrainConfig.model_validate(bundle.metadata["training"]["config"])
-    manifest, _ = training_manifest(config, data_root=data_root, progress=progress)
-    gates, gate_tensors = fit_referral_gates(bundle, manifest, config, progress=progress)
-    metadata = {**bundle.metadata, **gates}
-    save_bundle(
-        bundle_dir,
-        bundle.model,
-        metadata,
-        half=metadata.get("weights_dtype") == "float16",
-        uncertainty_tensors=gate_tensors,
-    )
+    manifest = training_manifest(config, data_root=data_root, progress=progress).manifest
+    gates = fit_referral_gates(bundle, manifest, config, progress=progress)
+    gates.save(bundle_dir, bundle.model, bundle.metadata, half=bundle.metadata.get("weights_dtype") == "float16")
     write_model_card(bundle_dir)
     return bundle_dir
 
@@ -548,21 +657,27 @@ def finish(
     val = Manifest(
         frame[(frame.split == "val") & frame.diagnosis.isin(class_names)].reset_index(drop=True), manifest.root
     )
-    val_result = evaluate_bundle(bundle, val, name="validation", progress=progress, calibrated=False)
+    # embeddings too: the acquisition classifier fitted below is scored on the same validation pass
+    val_result = evaluate_bundle(bundle, val, name="validation", progress=progress, calibrated=False, embeddings=True)
     calibration = calibrate(
         val_result.logits, val_result.labels, class_names, target_sensitivity=config.target_sensitivity
     )
     metadata["calibration"] = calibration.to_dict()
     metadata["decision"] = choose_class_call(config, manifest, class_names, val_result, calibration.temperature)
     save_bundle(bundle_dir, model, metadata, half=True)
-    gates, gate_tensors = fit_referral_gates(load_bundle(bundle_dir), manifest, config, progress=progress)
-    metadata.update(gates)
-    save_bundle(bundle_dir, model, metadata, half=True, uncertainty_tensors=gate_tensors)
+    gates = fit_referral_gates(load_bundle(bundle_dir), manifest, config, progress=progress)
+    metadata = gates.apply(metadata)
+    gates.save(bundle_dir, model, metadata, half=True)
     bundle = load_bundle(bundle_dir)
 
     results = {
         "validation": evaluation_result(  # the calibrated view of the same validation logits
-            bundle, val_result.frame, val_result.logits, val_result.labels, name="validation"
+            bundle,
+            val_result.frame,
+            val_result.logits,
+            val_result.labels,
+            name="validation",
+            embeddings=val_result.embeddings,
         )
     }
     test = manifest.frame[manifest.frame.split == "test"]
@@ -578,7 +693,7 @@ def finish(
     for name, result in results.items():
         write_evaluation(result, out / "eval" / name)
     metadata["metrics"] = {name: result.headline() for name, result in results.items()}
-    save_bundle(bundle_dir, model, metadata, half=True, uncertainty_tensors=gate_tensors)
+    gates.save(bundle_dir, model, metadata, half=True)
     write_model_card(bundle_dir)
     return bundle_dir
 
@@ -613,13 +728,14 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
         atomic_write_text(out / "config.json", json.dumps(config.model_dump(), indent=2) + "\n")
     seed_everything(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
 
-    manifest, policies = training_manifest(config, data_root=data_root, progress=progress)
+    data = training_manifest(config, data_root=data_root, progress=progress)
+    manifest = data.manifest
     columns = ["image_id", "source", "diagnosis", "triage_group", "acquisition", "split"]
     if world.main:
         atomic_write_text(out / SPLITS_FILE, manifest.frame[columns].to_csv(index=False))
     frame = manifest.frame
     class_names = class_names_for(config, frame[frame.split == "train"])
-    summary = data_summary(manifest, policies)
+    summary = data_summary(data)
     masked = [s.name for s in config.sources if s.mask_watermark]
 
     def subset(split: str) -> Manifest:

@@ -9,9 +9,10 @@ any mode to RGB, clear errors) and handed to the transform as an (H, W, 3) ``uin
 
 Two per-image steps happen before the transform, because they depend on the row, not on the epoch:
 
-* rows of a source in ``mask_watermark_sources`` get their bottom-left watermark corner filled
-  (:func:`~skintriage.data.presets.mask_corner`), so one dataset can mix DermNet photos with
-  dermoscopic images whose corner holds real skin;
+* rows of a source in ``mask_watermark_sources`` lose the artefact that source registers
+  (:attr:`~skintriage.data.sources.registry.Source.artefact`: DermNet's corner watermark is filled,
+  SD-198's caption bar is cropped off; :func:`~skintriage.data.presets.remove_artefact`), so one
+  dataset can mix them with dermoscopic images whose corner holds real skin;
 * with ``cache_side``, each image is decoded once, its short side resized to ``cache_side`` and the
   result kept in memory. On a 2-core machine JPEG decoding of full-size images costs as much as a
   small network's forward pass; a 160 px cache of 7,000 images is about 0.6 GB. The cache fills
@@ -28,8 +29,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from skintriage.data.presets import mask_corner
+from skintriage.data.presets import remove_artefact
 from skintriage.data.records import Manifest
+from skintriage.data.sources import get_source
 from skintriage.taxonomy import DIAGNOSES
 
 Transform = Callable[[np.ndarray], Any]
@@ -90,7 +92,8 @@ class ManifestDataset(Dataset):
         index = {name: i for i, name in enumerate(class_names)}
         self.labels = np.array([index.get(name, unknown_label) for name in diagnoses], dtype=np.int64)
         self.locations = frame["image"].tolist()
-        self.masked = frame["source"].isin(list(mask_watermark_sources)).to_numpy()
+        masked = set(mask_watermark_sources)
+        self.artefacts = [get_source(source).artefact if source in masked else None for source in frame["source"]]
         self.cache_side = cache_side
         self._cache: dict[int, np.ndarray] = {}
 
@@ -109,11 +112,11 @@ class ManifestDataset(Dataset):
         return image, int(self.labels[row]), row
 
     def pixels(self, row: int) -> np.ndarray:
-        """The row's image as an (H, W, 3) ``uint8`` array, watermark-masked and cache-resized as configured."""
+        """The row's image as an (H, W, 3) ``uint8`` array, artefact removed and cache-resized as configured."""
         if row in self._cache:
             return self._cache[row]
         pixels = prepare_pixels(
-            self.manifest.read_image(self.locations[row]), mask_watermark=bool(self.masked[row]), side=self.cache_side
+            self.manifest.read_image(self.locations[row]), artefact=self.artefacts[row], side=self.cache_side
         )
         if self.cache_side is not None:
             self._cache[row] = pixels
@@ -154,12 +157,15 @@ class ManifestDataset(Dataset):
         return torch.tensor(counts[self.labels] ** -power, dtype=torch.float64)
 
 
-def prepare_pixels(image: Image.Image, *, mask_watermark: bool, side: int | None = None) -> np.ndarray:
-    """Decoded RGB image -> (H, W, 3) ``uint8``: watermark corner filled (if asked), short side resized to ``side``."""
-    if side is not None and min(image.size) != side:
-        scale = side / min(image.size)
-        image = image.resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+def prepare_pixels(image: Image.Image, *, artefact: str | None, side: int | None = None) -> np.ndarray:
+    """Decoded RGB image -> (H, W, 3) ``uint8``: the source's artefact removed (watermark corner filled or
+    caption bar cropped, before resizing so that it is found at the size it was made), short side
+    resized to ``side``."""
+    pixels = remove_artefact(np.asarray(image.convert("RGB")), artefact)
+    if side is not None and min(pixels.shape[:2]) != side:
+        scale = side / min(pixels.shape[:2])
+        resized = Image.fromarray(pixels).resize(
+            (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale))), Image.Resampling.BICUBIC
         )
-    pixels = np.asarray(image.convert("RGB"))
-    return mask_corner(pixels) if mask_watermark else pixels
+        pixels = np.asarray(resized)
+    return pixels

@@ -70,6 +70,16 @@ def hash_images(manifest: Manifest, *, progress: bool = False) -> ImageHashes:
     return ImageHashes(sha256, dhash, thumbnail, np.array([d is not None for d in sha256], dtype=bool))
 
 
+def concat_hashes(parts: Sequence[ImageHashes]) -> ImageHashes:
+    """The hashes of manifests concatenated in this order (as ``Manifest.concat`` stacks their rows)."""
+    return ImageHashes(
+        [digest for part in parts for digest in part.sha256],
+        np.concatenate([part.dhash for part in parts]),
+        np.concatenate([part.thumbnail for part in parts]),
+        np.concatenate([part.hashed for part in parts]),
+    )
+
+
 def difference_hash(image: Image.Image) -> np.ndarray:
     """dHash: the signs of horizontal brightness gradients on a (side+1) x side thumbnail, packed in uint64s."""
     thumbnail = image.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BILINEAR)
@@ -197,6 +207,52 @@ def assign_splits(
             counts[chosen] += len(members[group])
             assigned[members[group]] = names[chosen]
     return manifest.with_splits(assigned)
+
+
+# Most held out first: a group found in several splits moves whole to the first of these it occupies.
+HELD_OUT_ORDER = ("test", "val", "train")
+
+
+@dataclass(frozen=True)
+class DuplicateMove:
+    """One row moved to another split because a copy of its image (or its lesion) sat there."""
+
+    image_id: str
+    source: str
+    from_split: str
+    to_split: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"image_id": self.image_id, "source": self.source, "from": self.from_split, "to": self.to_split}
+
+
+def resolve_cross_source_duplicates(manifest: Manifest, hashes: ImageHashes) -> tuple[Manifest, list[DuplicateMove]]:
+    """Keep each leakage group in one split after separately split sources are combined.
+
+    Each source is split on its own, so a photo two sources share (two DermNet folders filing one image
+    under two topics, an atlas photo copied into another collection) can sit in train in one and in test
+    in the other. Every group that straddles splits moves whole to the most held-out split it touches
+    (test, then val, then train): the held-out sets never lose an image, training loses the copy.
+    """
+    frame = manifest.frame
+    if frame["split"].isna().any():
+        raise ValueError(f"{int(frame['split'].isna().sum())} rows have no split; split every source first")
+    rank = {name: position for position, name in enumerate(HELD_OUT_ORDER)}
+    splits = frame["split"].to_numpy(dtype=object).copy()
+    moves: list[DuplicateMove] = []
+    groups = leakage_groups(manifest, hashes)
+    splits_per_group = pd.Series(splits).groupby(groups).nunique()
+    for group in splits_per_group.index[splits_per_group > 1]:
+        rows = np.flatnonzero(groups == group)
+        present = set(splits[rows])
+        target = min(present, key=lambda name: rank.get(name, len(rank)))
+        for row in rows:
+            if splits[row] != target:
+                moves.append(
+                    DuplicateMove(str(frame["image_id"].iloc[row]), str(frame["source"].iloc[row]), splits[row], target)
+                )
+                splits[row] = target
+    return (manifest.with_splits(splits.tolist()) if moves else manifest), moves
 
 
 def naive_image_split(manifest: Manifest, *, fractions: Sequence[tuple[str, float]], seed: int = 0) -> Manifest:

@@ -10,8 +10,10 @@ from skintriage.data.sources import (  # noqa: F401
     ham10000,
     isic2018_test,
     isic_archive,
+    med_node,
     pad_ufes_20,
     ph2,
+    sd198,
 )
 from skintriage.data.sources.registry import SOURCES, FetchError, Source, get_source
 

@@ -7,7 +7,8 @@ copies can never land in different splits. Other near-identical photos are group
 image hashing.
 
 The DermNet watermark sits in the bottom-left corner of every image: a shortcut a model can learn if
-DermNet photos are mixed with watermark-free datasets. The training presets deal with it.
+DermNet photos are mixed with watermark-free datasets; the source registers it (``artefact``), and
+``mask_watermark: true`` in a training config fills the corner.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skintriage.data.sources.files import blank, list_images, read_table
+from skintriage.data.sources.files import read_class_table
 from skintriage.data.sources.registry import Source, register
 
 MANUAL_STEPS = """\
@@ -32,28 +33,8 @@ def _topic_from_folder(folder: str) -> str:
 
 
 def read(root: Path, *, metadata: Path | None = None) -> pd.DataFrame:
-    path = metadata or root / "metadata.csv"
-    if path.is_file():
-        table = read_table(path, required=("file", "dermnet_class"))
-        files, labels, origins = table["file"], table["dermnet_class"], table["origin"]
-        lesion_ids = (
-            table["md5_original"].map(lambda md5: None if blank(md5) else f"md5:{md5}")
-            if "md5_original" in table
-            else None
-        )
-    else:
-        files = pd.Series(list_images(root), dtype=object)
-        labels = files.map(lambda file: _topic_from_folder(Path(file).parent.name))
-        origins = files
-        lesion_ids = None
-    return pd.DataFrame(
-        {
-            "image_id": files.map(lambda file: "dermnet:" + Path(file).parent.name + "/" + Path(file).stem),
-            "image": files,
-            "raw_label": labels,
-            "lesion_id": lesion_ids,
-            "origin": origins,
-        }
+    return read_class_table(
+        root, metadata=metadata, label_column="dermnet_class", id_prefix="dermnet:", folder_label=_topic_from_folder
     )
 
 
@@ -70,5 +51,6 @@ SOURCE = register(
         read=read,
         acquisition="clinical",
         split_fractions=(("train", 0.7), ("val", 0.15), ("test", 0.15)),
+        artefact="corner_watermark",
     )
 )

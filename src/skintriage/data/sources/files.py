@@ -6,7 +6,7 @@ import csv
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -134,3 +134,41 @@ def download(url: str, destination: Path, *, manual_steps: str, timeout: float =
         raise FetchError(f"could not download {url}: {reason}.\nTo obtain it by hand:\n{manual_steps}") from None
     partial.replace(destination)
     return destination
+
+
+def read_class_table(
+    root: Path,
+    *,
+    metadata: Path | None,
+    label_column: str,
+    id_prefix: str,
+    folder_label: Callable[[str], str] = str,
+) -> pd.DataFrame:
+    """Raw rows of an atlas-style source: ``metadata.csv`` (``file``, ``label_column``[, ``md5_original``])
+    when present, else one folder per class (the label is ``folder_label(folder name)``).
+
+    Byte-identical originals share ``md5_original``, which becomes their lesion id so that copies filed
+    under two classes can never land in different splits. Image ids are ``id_prefix + folder/stem``.
+    """
+    path = metadata or root / "metadata.csv"
+    if path.is_file():
+        table = read_table(path, required=("file", label_column))
+        files, labels, origins = table["file"].str.strip(), table[label_column].str.strip(), table["origin"]
+        lesion_ids = (
+            table["md5_original"].map(lambda md5: None if blank(md5) else f"md5:{md5.strip()}")
+            if "md5_original" in table
+            else None
+        )
+    else:
+        files = pd.Series(list_images(root), dtype=object)
+        labels = files.map(lambda file: folder_label(Path(file).parent.name))
+        origins, lesion_ids = files, None
+    return pd.DataFrame(
+        {
+            "image_id": files.map(lambda file: id_prefix + Path(file).parent.name + "/" + Path(file).stem),
+            "image": files,
+            "raw_label": labels,
+            "lesion_id": lesion_ids,
+            "origin": origins,
+        }
+    )

@@ -97,7 +97,7 @@ SOURCE = register(
         label_map="fitzpatrick17k",
         read=read,
         acquisition="clinical",
-        split_fractions=(("train", 0.85), ("val", 0.15)),
+        split_fractions=(("train", 0.7), ("val", 0.15), ("test", 0.15)),
         fetch=fetch,
     )
 )

@@ -37,6 +37,9 @@ class Source:
     acquisition: str | None = None
     # Fractions for the project's own split, used for rows the source gives no official split.
     split_fractions: tuple[tuple[str, float], ...] = (("train", 0.85), ("val", 0.15))
+    # An acquisition artefact every image of the source carries (a key of data.presets.ARTEFACT_REMOVERS),
+    # removed when the config says mask_watermark: a shortcut otherwise, when sources are mixed.
+    artefact: str | None = None
     fetch: Fetch | None = None
 
     def load(
