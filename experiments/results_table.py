@@ -14,8 +14,12 @@ HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
 RUNS = {  # run folder -> (model description, trained on)
+    "pretrained_lite0": (
+        "**skintriage** EfficientNet-Lite0, 160 px, ImageNet-pretrained, fine-tuned on 2 CPU cores (bundled)",
+        "5,087 HAM10000 + 2,306 clinical images (DermNet x2, Fitzpatrick17k, SD-198, MED-NODE)",
+    ),
     "benchmark_cpu": (
-        "**skintriage** ResNet-18, 128 px, from scratch, 2 CPU cores",
+        "**skintriage** ResNet-18, 128 px, from scratch, 2 CPU cores (bundled until 2026-12-02)",
         "5,087 HAM10000 + 865 DermNet images",
     ),
 }

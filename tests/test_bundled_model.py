@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from skintriage.checkpoint import DEFAULT_BUNDLE, load_bundle
 from skintriage.cli import app
 
-COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "benchmark_cpu" / "eval"
+COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "pretrained_lite0" / "eval"
 runner = CliRunner()
 
 

@@ -89,7 +89,7 @@ def render(result: dict) -> str:
         "|---|---|",
         *(f"| {name} | {count:,} |" for name, count in sorted(result["images_per_source"].items())),
         "",
-        f"* Near-identical pairs that cross a source or a collection folder: "
+        f"* Near-identical pairs that cross a source or a topic/class folder (within a split they are kept together): "
         f"**{len(result['near_identical_pairs_across_sources_or_folders'])}**",
         f"* Byte-identical pairs across sources: **{len(result['identical_pairs_across_sources'])}**",
         f"* Rows the training pipeline moved to keep a group in one split: "
