@@ -105,7 +105,7 @@ def test_onnx_matches_pytorch_on_generated_batches(bundle: Bundle, exported: Pat
 
 def test_the_runner_refuses_pixels_of_the_wrong_shape(bundle: Bundle, exported: Path) -> None:
     onnx_runner = OnnxRunner.load(exported / ONNX_FILE, bundle=bundle)
-    with pytest.raises(ValueError, match=r"takes \(N, 3, 128, 128\) pixels"):
+    with pytest.raises(ValueError, match=r"takes \(N, 3, \d+, \d+\) pixels, got \(1, 3, 64, 64\)"):
         onnx_runner(torch.zeros(1, 3, 64, 64))
 
 
@@ -116,7 +116,7 @@ def test_a_stale_onnx_file_next_to_retrained_weights_is_refused_naming_the_file(
     directory = copy_bundle(tmp_path / "retrained", with_onnx_from=exported)
     old = load_bundle(directory)
     with torch.no_grad():  # "retrain": other weights, saved as a bundle over the old one; model.onnx stays
-        old.model.fc.bias.add_(0.5)
+        list(old.model.parameters())[-1].add_(0.5)  # the head's bias, whatever the architecture
     save_bundle(directory, old.model, old.metadata, half=True, uncertainty_tensors=old.uncertainty_tensors)
     onnx_path = directory / ONNX_FILE
     with pytest.raises(OnnxModelError, match="is stale") as raised:
