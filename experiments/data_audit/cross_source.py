@@ -21,6 +21,7 @@ from skintriage.atomic import atomic_write_text
 from skintriage.config import load_config
 from skintriage.data.sources import get_source
 from skintriage.data.splits import audit_leakage, concat_hashes, hash_images, near_duplicate_pairs
+from skintriage.report import markdown_table
 from skintriage.train import combine, training_manifest
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +38,7 @@ def main() -> None:
     loaded = [get_source(s.name).load(config.source_root(s, args.data_root)).with_images() for s in config.test_sources]
     tests = [test.with_splits(["test"] * len(test)) for test in loaded]  # an external test set is all test
     everything = combine([data.manifest, *tests])
-    hashes = concat_hashes([hash_images(part, progress=True) for part in (data.manifest, *tests)])
+    hashes = concat_hashes([data.hashes, *(hash_images(test, progress=True) for test in tests)])
 
     frame = everything.frame
     sources = (frame["source"] + ":" + frame["acquisition"].astype(str)).tolist()
@@ -72,7 +73,8 @@ def main() -> None:
 
 
 def _folder(image_id: str) -> str:
-    """The collection folder an id names (DermNet's two shared folders share one source name)."""
+    """The source prefix and topic or class folder an id names, e.g. "dermnet:halo_naevus": the two DermNet
+    folders share one source name, so a photo filed under two topics shows up as two folders."""
     return image_id.split("/", 1)[0]
 
 
@@ -85,9 +87,10 @@ def render(result: dict) -> str:
         "together (byte-identical: SHA-256; near-identical: dHash and colour thumbnail, as the splitter). "
         "Regenerate: `python experiments/data_audit/cross_source.py`.",
         "",
-        "| source:acquisition | images |",
-        "|---|---|",
-        *(f"| {name} | {count:,} |" for name, count in sorted(result["images_per_source"].items())),
+        markdown_table(
+            header=["source:acquisition", "images"],
+            rows=[[name, f"{count:,}"] for name, count in sorted(result["images_per_source"].items())],
+        ),
         "",
         f"* Near-identical pairs that cross a source or a topic/class folder (within a split they are kept together): "
         f"**{len(result['near_identical_pairs_across_sources_or_folders'])}**",

@@ -126,12 +126,13 @@ SPLITS_FILE = "splits.csv"
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The combined, split manifest of a config's sources, how each was split, and the rows moved so that
-    no photo straddles splits across sources."""
+    """The combined, split manifest of a config's sources, how each was split, the rows moved so that
+    no photo straddles splits across sources, and the image hashes that found them (row for row)."""
 
     manifest: Manifest
     policies: list[dict]
     cross_source_moves: list[DuplicateMove]
+    hashes: ImageHashes
 
 
 def load_split_source(
@@ -159,8 +160,9 @@ def combine(manifests: list[Manifest]) -> Manifest:
 def training_manifest(config: TrainConfig, *, data_root: Path | None = None, progress: bool = True) -> TrainingData:
     loaded = [load_split_source(config, s, data_root=data_root, progress=progress) for s in config.sources]
     combined = combine([manifest for manifest, _, _ in loaded])
-    manifest, moves = resolve_cross_source_duplicates(combined, concat_hashes([hashes for _, _, hashes in loaded]))
-    return TrainingData(manifest, [policy for _, policy, _ in loaded], moves)
+    hashes = concat_hashes([hashes for _, _, hashes in loaded])
+    manifest, moves = resolve_cross_source_duplicates(combined, hashes)
+    return TrainingData(manifest, [policy for _, policy, _ in loaded], moves, hashes)
 
 
 def class_names_for(config: TrainConfig, train_frame: pd.DataFrame) -> list[str]:

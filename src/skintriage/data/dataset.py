@@ -161,11 +161,11 @@ def prepare_pixels(image: Image.Image, *, artefact: str | None, side: int | None
     """Decoded RGB image -> (H, W, 3) ``uint8``: the source's artefact removed (watermark corner filled or
     caption bar cropped, before resizing so that it is found at the size it was made), short side
     resized to ``side``."""
-    pixels = remove_artefact(np.asarray(image.convert("RGB")), artefact)
-    if side is not None and min(pixels.shape[:2]) != side:
-        scale = side / min(pixels.shape[:2])
-        resized = Image.fromarray(pixels).resize(
-            (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale))), Image.Resampling.BICUBIC
+    if artefact is not None:
+        image = Image.fromarray(remove_artefact(np.asarray(image.convert("RGB")), artefact))
+    if side is not None and min(image.size) != side:
+        scale = side / min(image.size)
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
         )
-        pixels = np.asarray(resized)
-    return pixels
+    return np.asarray(image.convert("RGB"))
