@@ -218,7 +218,9 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
             )
             with gr.Row():
                 with gr.Column():
-                    malignancy = gr.Slider(0, 1, value=0.1, step=0.01, label="Malignancy probability")
+                    # opens on a case where nothing fires: half this bundle's referral threshold
+                    start = round(predictor.policy.referral_threshold / 2, 2)
+                    malignancy = gr.Slider(0, 1, value=start, step=0.01, label="Malignancy probability")
                     non_pigmented = gr.Checkbox(label="Non-pigmented malignant pattern (SCC-like)")
                     ood = gr.Checkbox(label="Image unlike the training data (out of distribution)")
                     uncertain = gr.Checkbox(label="Prediction too uncertain")
