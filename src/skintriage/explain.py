@@ -64,7 +64,8 @@ class Saliency:
     ``heatmap`` is (H, W) ``float32`` in [0, 1] at the input tensor's size; ``class_index`` is the class
     explained (``None`` for ``target="malignancy"``); ``logits`` are the model's raw (K,) logits for the
     image, before any temperature; ``embedding`` is the (D,) vector the head read (what the uncertainty
-    gate scores).
+    gate scores); ``grid`` is the (rows, columns) of the feature map the heatmap was computed on, before
+    it was upsampled: how coarse it really is.
     """
 
     heatmap: np.ndarray
@@ -72,6 +73,7 @@ class Saliency:
     class_index: int | None
     logits: np.ndarray
     embedding: np.ndarray
+    grid: tuple[int, int]
 
 
 def saliency(
@@ -145,6 +147,7 @@ def saliency(
         class_index=chosen[0] if chosen else None,
         logits=logits[0].float().cpu().numpy(),
         embedding=embedded[0][0].float().cpu().numpy(),
+        grid=(int(maps.shape[-2]), int(maps.shape[-1])),
     )
 
 

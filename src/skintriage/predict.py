@@ -64,6 +64,7 @@ class Prediction:
     guidance_topics: list[str]
     heatmap: np.ndarray | None = None  # Grad-CAM of the malignancy probability on the model input, when asked for
     acquisition: AcquisitionUsed | None = None  # the type the image was taken to be, and the calibration it selected
+    saliency_grid: tuple[int, int] | None = None  # (rows, columns) of the feature map the heatmap came from
 
     @property
     def saliency_note(self) -> str | None:
@@ -72,7 +73,13 @@ class Prediction:
             return None
         if not self.heatmap.any():
             return "Grad-CAM: no region of the image raised the malignancy probability (the overlay is empty)."
-        return "Grad-CAM: brighter regions raised the malignancy probability most (coarse: a 4x4 grid at 128 px)."
+        grid = (
+            f"a {self.saliency_grid[0]}x{self.saliency_grid[1]} grid" if self.saliency_grid else "the last feature map"
+        )
+        return (
+            "Grad-CAM: brighter regions raised the malignancy probability most "
+            f"(coarse: {grid} at {self.heatmap.shape[0]} px)."
+        )
 
     def to_dict(self) -> dict:
         """The JSON shape of ``skintriage predict --json`` and the demo's ``/triage`` endpoint."""
@@ -196,7 +203,10 @@ class Predictor:
         else:
             logits, embedding = self.forward(pixels)
         used = used or self.acquisitions(embedding, acquisition)
-        return self._predictions(logits, embedding, [context], [file], [heatmap], used)[0]
+        prediction = self._predictions(logits, embedding, [context], [file], [heatmap], used)[0]
+        if with_saliency:
+            prediction.saliency_grid = explained.grid
+        return prediction
 
     def predict_batch(
         self,
