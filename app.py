@@ -39,6 +39,7 @@ OVERLAY_MAX_SIDE = 1600  # pixels, the longer side of the Grad-CAM overlay sent 
 CACHE_SWEEP_S = (300, 900)  # every 5 min, delete cached files older than 15 min (uploads never assessed)
 PHOTO_TYPES = [("Automatic", AUTO), ("Dermoscopic", "dermoscopic"), ("Clinical photo", "clinical")]  # label, value
 CONTEXT_FLAGS = {  # checkbox label -> ClinicalContext field
+    "New or enlarging nodule": "new_or_enlarging_nodule",
     "Asymptomatic (not tender)": "asymptomatic",
     "Expanding rapidly (within 3 months)": "rapid_growth",
     "Immune suppression": "immunosuppressed",
@@ -65,15 +66,22 @@ def example_images(folder: Path) -> list[str]:
     return [str(p) for p in sorted(folder.glob("*.jpg"))[:MAX_EXAMPLES]]
 
 
-def context_from(age: float | None, site: str | None, flags: list[str]) -> ClinicalContext:
+SKIN_TYPES = {"not given": None, "fair": True, "not fair": False}  # radio value -> ClinicalContext.fair_skin
+
+
+def context_from(
+    age: float | None, site: str | None, flags: list[str], skin: str | None = "not given"
+) -> ClinicalContext:
     unknown = [label for label in flags or [] if label not in CONTEXT_FLAGS]
     if unknown:
         raise ValueError(f"unknown finding {unknown[0]!r}; choose from: {', '.join(CONTEXT_FLAGS)}")
+    if (skin or "not given") not in SKIN_TYPES:
+        raise ValueError(f"unknown skin type {skin!r}; choose from: {', '.join(SKIN_TYPES)}")
     chosen = {CONTEXT_FLAGS[label]: True for label in flags or []}
     # an empty gr.Number arrives as 0 (gradio shows 0 for no value): read 0 as "not given"; an infinite or NaN age
     # goes to ClinicalContext as it is, which refuses it in words (int() of it would raise a bare OverflowError)
     years = (int(age) if math.isfinite(age) else age) if age else None
-    return ClinicalContext(age=years, site=site or None, **chosen)
+    return ClinicalContext(age=years, site=site or None, fair_skin=SKIN_TYPES[skin or "not given"], **chosen)
 
 
 def digest(path: str | Path) -> str:
@@ -122,7 +130,14 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
     card_path = predictor.bundle.path / "MODEL_CARD.md"
     model_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "No model card in this bundle."
 
-    def triage(image_path: str | None, age: float | None, site: str | None, flags: list[str], photo_type: str = AUTO):
+    def triage(
+        image_path: str | None,
+        age: float | None,
+        site: str | None,
+        flags: list[str],
+        photo_type: str = AUTO,
+        skin: str = "not given",
+    ):
         if image_path is None:
             raise refusal("Upload a photograph of the lesion first.")
         try:
@@ -132,7 +147,7 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         finally:
             discard_upload(image_path, example_digests)
         try:
-            context = context_from(age, site, flags)
+            context = context_from(age, site, flags, skin)
             acquisition = check_request(photo_type or AUTO)
         except ValueError as error:
             raise refusal(str(error)) from None
@@ -151,14 +166,14 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         shown = inline_image_html(predictor.overlay(shown, prediction.heatmap), alt=prediction.saliency_note or "")
         return card, label, shown, prediction.saliency_note, guidance, prediction.to_dict()
 
-    def explore(malignancy, non_pigmented, out_of_distribution, low_confidence, age, site, flags):
+    def explore(malignancy, non_pigmented, out_of_distribution, low_confidence, age, site, flags, skin):
         try:
             decision = illustrative_decision(
                 float(malignancy),
                 non_pigmented=non_pigmented,
                 out_of_distribution=out_of_distribution,
                 low_confidence=low_confidence,
-                context=context_from(age, site, flags),
+                context=context_from(age, site, flags, skin),
                 policy=predictor.policy,
             )
         except ValueError as error:
@@ -171,8 +186,9 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
             # and leaving the upload in its cache; the library refuses it instead (ClinicalContext: 0 to 120)
             age = gr.Number(label="Age (years)", precision=0)
             site = gr.Dropdown(choices=SITES, label="Body site", value=None)
+            skin = gr.Radio(choices=list(SKIN_TYPES), value="not given", label="Fair skin (for the U of AEIOU)")
             flags = gr.CheckboxGroup(choices=list(CONTEXT_FLAGS), label="Findings and history")
-        return age, site, flags
+        return age, site, skin, flags
 
     with gr.Blocks(title="skintriage: research prototype", analytics_enabled=False, delete_cache=CACHE_SWEEP_S) as demo:
         gr.Markdown(
@@ -190,7 +206,7 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                         )
                     )
                     photo_type = gr.Radio(choices=PHOTO_TYPES, value=AUTO, label="Photo type", elem_id="photo-type")
-                    age, site, flags = context_inputs()
+                    age, site, skin, flags = context_inputs()
                     assess = gr.Button("Assess", variant="primary", elem_id="assess")
                     if examples:
                         gr.Examples(examples=examples, inputs=image, label="Examples (ISIC 2018 test images)")
@@ -207,7 +223,7 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                         raw = gr.JSON(elem_id="triage-json")
             assess.click(
                 triage,
-                inputs=[image, age, site, flags, photo_type],
+                inputs=[image, age, site, flags, photo_type, skin],
                 outputs=[card, probabilities, overlay, saliency_note, guidance, raw],
                 api_name="triage",
             )
@@ -224,10 +240,10 @@ def build(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                     non_pigmented = gr.Checkbox(label="Non-pigmented malignant pattern (SCC-like)")
                     ood = gr.Checkbox(label="Image unlike the training data (out of distribution)")
                     uncertain = gr.Checkbox(label="Prediction too uncertain")
-                    e_age, e_site, e_flags = context_inputs()
+                    e_age, e_site, e_skin, e_flags = context_inputs()
                 with gr.Column():
                     criteria_card = gr.HTML(elem_id="criteria-card")
-            criteria_inputs = [malignancy, non_pigmented, ood, uncertain, e_age, e_site, e_flags]
+            criteria_inputs = [malignancy, non_pigmented, ood, uncertain, e_age, e_site, e_flags, e_skin]
             for widget in criteria_inputs:
                 widget.change(explore, inputs=criteria_inputs, outputs=criteria_card, api_name=False)
             demo.load(explore, inputs=criteria_inputs, outputs=criteria_card, api_name=False)

@@ -35,18 +35,30 @@ DOCUMENT_FILES = {
     "004_c1d240f4a12ae3b0.txt",
 }
 
+# One topic for each part of the work-up a dermatologist expects (several are split by pathway: a
+# general biopsy topic and an MCC one; MCC staging/imaging apart from NET imaging).
 REQUIRED_TOPICS = {
+    "mcc_epidemiology",
+    "aeiou",
     "biopsy",
+    "mcc_biopsy_and_referral",
     "immunohistochemistry",
+    "mcc_staging",
+    "nodal_staging",
+    "mcc_recurrence",
+    "pitfalls",
+    "metastasis_workup",
+    "cutaneous_metastasis",
     "grading",
     "biochemistry",
-    "imaging",
-    "nodal_staging",
-    "pitfalls",
+    "net_imaging",
     "skin_signs_of_net",
-    "aeiou",
-    "cutaneous_metastasis",
+    "management_overview",
 }
+
+# The topics that carry the neuroendocrine tests (blood/urine markers, somatostatin-receptor imaging)
+# and NET grading: shown only for a known or suspected neuroendocrine tumour.
+NET_ONLY_TOPICS = {"biochemistry", "net_imaging", "grading", "skin_signs_of_net"}
 
 RUN = 10  # a run of this many consecutive words shared with a source counts as copying
 
@@ -122,12 +134,58 @@ def test_source_entries_are_complete_for_their_kind(kb):
     # PMIDs exactly as clinical_facts.md gives them.
     pmids = {s.id: s.pmid for s in kb.sources.values() if s.pmid}
     assert pmids == {
+        "Paulson2018": "29102486",
         "Heath2008": "18280333",
         "Busam2009": "19609205",
         "Fukuhara2016": "27262585",
-        "JAAD2021": "32707254",
-        "JCutanPathol2013": "24218988",
+        "Iyer2014": "24521828",
+        "Singh2021": "32707254",
+        "Jedrych2014": "24218988",
     }
+
+
+def test_literature_references_are_as_the_revised_fact_sheet_gives_them(kb):
+    references = {s.id: s.reference for s in kb.sources.values() if s.kind == "literature"}
+    expected = {
+        "Paulson2018": "Paulson et al., J Am Acad Dermatol 2018;78:457-463",
+        "Heath2008": "Heath et al., J Am Acad Dermatol 2008;58:375-381",
+        "Stanoszek2019": "Stanoszek et al., Histopathology 2019;74:504-513",
+        "Schmidt1998": "Schmidt et al., Am J Dermatopathol 1998;20:346-351",
+        "ByrdGloster2000": "Byrd-Gloster et al., Hum Pathol 2000;31:58-62",
+        "Cheuk2001": "Cheuk et al., Arch Pathol Lab Med 2001;125:228-231",
+        "AbreuVelez2013": "Abreu Velez et al., Our Dermatol Online 2013",
+        "Busam2009": "Busam et al., Am J Surg Pathol 2009",
+        "Fukuhara2016": "Fukuhara et al., Arch Dermatol Res 2016",
+        "Lilo2018": "Lilo et al., Am J Surg Pathol 2018",
+        "Nagtegaal2020": "Nagtegaal et al., Histopathology 2020;76:182-188",
+        "Gauci2022": "Gauci et al., Eur J Cancer 2022;171:203-231",
+        "Iyer2014": "Iyer et al., J Am Acad Dermatol 2014",
+        "Stokes2009": "Stokes et al., J Clin Oncol 2009",
+        "Singh2021": "Singh et al., J Am Acad Dermatol 2021;84:330-339",
+        "Lookingbill1993": "Lookingbill et al., J Am Acad Dermatol 1993;29:228-236",
+        "Krathen2003": "Krathen et al., South Med J 2003;96:164-167",
+        "Jedrych2014": "Jedrych et al., J Cutan Pathol 2014;41:113-122",  # 2014, not 2013
+    }
+    for source_id, reference in expected.items():
+        assert references[source_id].startswith(reference), (source_id, references[source_id])
+    assert "NCCN" in references["Gauci2022"] and "WHO 2019" in references["Nagtegaal2020"]
+    # Every other literature entry is a statement of the fact sheet without a named publication, and says so.
+    for source_id in set(references) - set(expected):
+        assert source_id.startswith("CF-"), source_id
+        assert re.search(r"no (single )?publication named|publications not named", references[source_id]), source_id
+    # The article title the fact sheet now gives, and what that paper did not test.
+    schmidt = kb.sources["Schmidt1998"]
+    assert schmidt.title.startswith("Cytokeratin and neurofilament protein staining in Merkel cell carcinoma")
+    assert schmidt.reliability_note and "did not test TTF-1" in schmidt.reliability_note
+    assert "case report" in (kb.sources["AbreuVelez2013"].reliability_note or "").lower()
+    if CLINICAL_FACTS.is_file():
+        facts = " ".join(CLINICAL_FACTS.read_text(encoding="utf-8").split())
+        for source_id, reference in expected.items():
+            if source_id == "Schmidt1998":  # the fact sheet puts the title between authors and journal
+                assert "Schmidt et al." in facts and "Am J Dermatopathol 1998;20:346-351" in facts
+                assert schmidt.title in facts
+            else:
+                assert reference in facts, source_id
 
 
 def test_documents_readme_lists_exactly_the_cited_files_with_their_title_and_publisher(kb):
@@ -221,58 +279,264 @@ def _table(kb: KnowledgeBase, topic: str):
     return tables[0]
 
 
+def _facts(kb: KnowledgeBase, topic: str, needle: str) -> list:
+    hits = [f for f in kb.topics[topic].facts if needle in f.text]
+    assert hits, f"{needle!r} not in topic {topic}"
+    return hits
+
+
+def _cited(kb: KnowledgeBase, topic: str, needle: str) -> set[str]:
+    return {c for f in _facts(kb, topic, needle) for c in f.citations}
+
+
 def test_ihc_table_has_the_markers_and_the_mcc_versus_metastasis_columns(kb):
     table = _table(kb, "immunohistochemistry")
     assert len(table.columns) == 4
     assert table.columns[0] == "Marker" and table.columns[1] == "MCC"
     assert "metastasis" in table.columns[2].lower() and "small-cell lung" in table.columns[2].lower()
     rows = {row.cells[0].split(" (")[0]: row for row in table.rows}
-    for marker in ("CK20", "TTF-1", "CK7", "Synaptophysin", "Chromogranin A", "NSE", "Neurofilament", "INSM1"):
+    for marker in ("CK20", "Neurofilament", "TTF-1", "CK7", "Synaptophysin", "Chromogranin A", "NSE", "INSM1"):
         assert marker in rows, f"IHC table lacks {marker}: {sorted(rows)}"
-    # Figures exactly as clinical_facts.md gives them, and what INSM1 cannot tell.
-    assert "paranuclear" in rows["CK20"].cells[1] and "90-100%" in rows["CK20"].cells[1]
-    assert "Negative" in rows["TTF-1"].cells[1] and "35/36" in rows["TTF-1"].cells[2]
-    assert "56/56" in rows["INSM1"].cells[1]
-    assert "cannot tell MCC from a metastasis" in rows["INSM1"].cells[3]
-    assert "96.7%" in rows["Neurofilament"].cells[3] and "7 of 9" in rows["Neurofilament"].cells[1]
-    assert "95%" in rows["Synaptophysin"].cells[1] and "80%" in rows["Chromogranin A"].cells[1]
-    assert rows["INSM1"].citations == ("Lilo2018",)
+    assert {"SATB2", "TdT and PAX5", "LCA", "SOX10"} <= set(rows)
     assert any(r.cells[0].startswith("Merkel cell polyomavirus") and "27/36" in r.cells[1] for r in table.rows)
-    assert {"LCA", "S100"} <= set(rows)
+    # CK20: sensitivity as a range with its series, and its limited specificity.
+    ck20 = rows["CK20"]
+    assert "paranuclear" in ck20.cells[1] and "75-92%" in ck20.cells[1]
+    assert all(f in ck20.cells[1] for f in ("89%", "92%", "75%")) and "90-100%" not in ck20.cells[1]
+    assert "41%" in ck20.cells[2] and "59%" in ck20.cells[3]
+    assert {"Busam2009", "Lilo2018", "Fukuhara2016", "Stanoszek2019"} <= set(ck20.citations)
+    neurofilament = rows["Neurofilament"]
+    assert "96.7%" in neurofilament.cells[3] and "59.0%" in neurofilament.cells[3]
+    assert "7 of 9" in neurofilament.cells[1] and neurofilament.citations == ("Stanoszek2019",)
+    # TTF-1: Byrd-Gloster's count, not Schmidt 1998 (which did not test TTF-1); Cheuk's limit.
+    ttf1 = rows["TTF-1"]
+    assert "0/21" in ttf1.cells[1] and "80-97%" in ttf1.cells[2]
+    assert {"ByrdGloster2000", "Cheuk2001"} <= set(ttf1.citations) and "Schmidt1998" not in ttf1.citations
+    chromogranin = rows["Chromogranin A"]
+    assert "80% of 20" in chromogranin.cells[1] and "32% of 56" in chromogranin.cells[1]
+    assert "Non-specific" in rows["NSE"].cells[1]
+    assert "56/56" in rows["INSM1"].cells[1] and rows["INSM1"].citations == ("Lilo2018",)
+    assert "cannot tell MCC from a metastasis" in rows["INSM1"].cells[3]
+    assert "95%" in rows["Synaptophysin"].cells[1]
+    assert "lymphoma" in rows["TdT and PAX5"].cells[3] and "S100" in rows["SOX10"].cells[3]
+    assert "Case-report" in rows["CK7"].cells[3]
 
 
-def test_grading_table_has_the_ki67_thresholds(kb):
+def test_schmidt_1998_is_never_cited_for_ttf1(kb):
+    for topic in kb.topics.values():
+        for fact in topic.facts:
+            if "TTF-1" in fact.text and "Schmidt1998" in fact.citations:
+                pytest.fail(f"{topic.id}: Schmidt 1998 did not test TTF-1: {fact.text}")
+        for table in topic.tables:
+            for row in table.rows:
+                assert not (row.cells[0] == "TTF-1" and "Schmidt1998" in row.citations), topic.id
+
+
+def test_grading_follows_who_2019(kb):
     table = _table(kb, "grading")
+    assert "2 mm²" in table.columns[2]
     rows = {row.cells[0]: [c.replace(" ", "").replace("–", "-") for c in row.cells] for row in table.rows}
     assert rows["G1"][1:3] == ["<3%", "<2"]
     assert rows["G2"][1:3] == ["3-20%", "2-20"]
     assert rows["G3"][1:3] == [">20%", ">20"]
-    assert any("NEC" in name for name in rows)
+    assert any("NEC" in name and "morphology" in row[3] for name, row in rows.items())
+    assert all(row.citations == ("Nagtegaal2020",) for row in table.rows)
+    text = " ".join(f.text for f in kb.topics["grading"].facts)
+    assert "higher grade" in text and "per 2 mm²" in text and "10 high-power fields" in text  # and how they differ
+    assert "lung carcinoids" in text and "typical or atypical carcinoid" in text
+    assert "high-grade neuroendocrine carcinoma arising in the skin, is not graded by Ki-67" in text
+    assert "from a NET G3 is its morphology" in text and "not the Ki-67 value" in text
 
 
-def test_key_figures_are_stated_with_their_sources(kb):
-    def cited_text(topic: str, needle: str) -> set[str]:
-        hits = [f for f in kb.topics[topic].facts if needle in f.text]
-        assert hits, f"{needle!r} not in topic {topic}"
-        return {c for f in hits for c in f.citations}
+def test_revised_figures_are_stated_with_their_sources(kb):
+    # MCC epidemiology and risk groups.
+    assert "Paulson2018" in _cited(kb, "mcc_epidemiology", "0.7 new cases for every 100,000 person-years")
+    assert "Paulson2018" in _cited(kb, "mcc_epidemiology", "about 75")
+    assert _facts(kb, "mcc_epidemiology", "about 80%") and _facts(kb, "mcc_epidemiology", "about 40%")
+    assert _facts(kb, "mcc_epidemiology", "organ transplants") and _facts(kb, "mcc_epidemiology", "HIV")
+    # AEIOU and its limits.
+    assert "Heath2008" in _cited(kb, "aeiou", "88%") and "Heath2008" in _cited(kb, "aeiou", "7.8%")
+    assert "Heath2008" in _cited(kb, "aeiou", "89%") and _facts(kb, "aeiou", "1 in 10")
+    for needle in ("56% of tumours were red or pink", "1.8 cm", "(32%)", "14% of patients"):
+        assert _facts(kb, "aeiou", needle)
+    limit = " ".join(f.text for f in kb.topics["aeiou"].facts)
+    assert "specificity" in limit and "do not pick it out" in limit and "score" in limit
+    assert "Heath2008" in _cited(kb, "pitfalls", "56%")
+    # Staging: AJCC 8th, FDG-PET/CT, sentinel node biopsy; the imaging study's denominators.
+    assert "Gauci2022" in _cited(kb, "mcc_staging", "AJCC 8th edition")
+    assert "Gauci2022" in _cited(kb, "mcc_staging", "FDG-PET/CT is preferred")
+    assert "Gauci2022" in _cited(kb, "mcc_staging", "sentinel lymph node biopsy is recommended whatever the size")
+    singh = _facts(kb, "mcc_staging", "16.8% of 352")[0]
+    assert "6.9% of 231" in singh.text and "1 in 8" in singh.text and "about 8%" in singh.text
+    assert singh.citations == ("Singh2021",) and "584 patients" in singh.text
+    assert not any("492" in f.text or "13.2%" in f.text for t in kb.topics.values() for f in t.facts)
+    # Nodal risk by size: Iyer 2014 as well as Stokes 2009.
+    assert "Iyer2014" in _cited(kb, "nodal_staging", "14% even for primaries of 0.5 cm")
+    assert {"Stokes2009", "Iyer2014"} <= _cited(kb, "nodal_staging", "about 4%")
+    assert "CF-SLNB-series" in _cited(kb, "nodal_staging", "31.8%")
+    assert _facts(kb, "nodal_staging", "publication bias")
+    # Cutaneous metastases: the revised figures replace the old ones.
+    assert "Lookingbill1993" in _cited(kb, "cutaneous_metastasis", "4,020")
+    assert "Krathen2003" in _cited(kb, "cutaneous_metastasis", "breast (about 69%)")
+    assert "Krathen2003" in _cited(kb, "cutaneous_metastasis", "lung (about 24%)")
+    assert "Jedrych2014" in _cited(kb, "cutaneous_metastasis", "about 35 cases")
+    patterns = " ".join(f.text for f in _facts(kb, "cutaneous_metastasis", "Sister Mary Joseph"))
+    for pattern in (
+        "pyogenic granuloma",
+        "renal cell",
+        "erysipeloides",
+        "en cuirasse",
+        "scalp",
+        "alopecia neoplastica",
+    ):
+        assert pattern in patterns
+    everything = " ".join(all_topic_texts(kb))
+    for outdated in ("About 5% of patients", "2% of skin tumours", "up to a third", "90-100%", "35/36", "43/52"):
+        assert outdated not in everything, outdated
+    # Biochemistry: confounders, PPI washout, 5-HIAA preparation.
+    assert "CF-net-biochemistry" in _cited(kb, "biochemistry", "H2 blockers")
+    assert "atrophic gastritis" in _facts(kb, "biochemistry", "H2 blockers")[0].text
+    assert "CF-net-biochemistry" in _cited(kb, "biochemistry", "about two weeks")
+    assert {"CF-net-biochemistry", "iMedic"} <= _cited(kb, "biochemistry", "48-72 hours")
+    assert "iMedic" in _cited(kb, "biochemistry", "bananas")
+    # Skin signs of NETs beyond the documents.
+    assert "CF-net-skin-signs" in _cited(kb, "skin_signs_of_net", "Pellagra")
+    assert "CF-net-skin-signs" in _cited(kb, "skin_signs_of_net", "glucagonoma")
+    assert "CF-net-skin-signs" in _cited(kb, "skin_signs_of_net", "without liver metastases")
 
-    assert "Heath2008" in cited_text("aeiou", "88%")
-    assert "Heath2008" in cited_text("aeiou", "7.8%")
-    assert "Heath2008" in cited_text("pitfalls", "56%")
-    assert "Stokes2009" in cited_text("nodal_staging", "24%")
-    assert "JAAD2021" in cited_text("nodal_staging", "16.8%")
-    assert "CF-SLNB-series" in cited_text("nodal_staging", "31.8%")
-    assert "JCutanPathol2013" in cited_text("cutaneous_metastasis", "about 35 cases")
-    assert "CF-cutaneous-metastases" in cited_text("pitfalls", "up to a third")
-    assert "iMedic" in cited_text("biochemistry", "proton pump inhibitors")
-    assert "iMedic" in cited_text("biochemistry", "bananas")
-    aeiou_limit = " ".join(f.text for f in kb.topics["aeiou"].facts)
-    assert "specificity" in aeiou_limit and "not exclude" in aeiou_limit and "score" in aeiou_limit
+
+def test_management_overview_names_mcc_treatments_and_keeps_net_drugs_to_nets(kb):
+    mcc = _facts(kb, "management_overview", "immune checkpoint inhibitors")[0].text
+    assert all(drug in mcc for drug in ("avelumab", "pembrolizumab", "retifanlimab", "adjuvant radiotherapy"))
+    net_only = _facts(kb, "management_overview", "not standard MCC care")[0].text
+    assert "Somatostatin analogues, everolimus and PRRT" in net_only
+
+
+def test_node_dissection_is_never_recommended_for_node_negative_mcc(kb):
+    # The AI-generated page's advice (regional node dissection for a localised primary) appears only
+    # where the text says the sources disagree and gives the guideline position (SLNB).
+    for topic in kb.topics.values():
+        for fact in topic.facts:
+            if "dissection" not in fact.text:
+                continue
+            if "DrOracle" in fact.citations:
+                assert "disagree" in fact.text and "sentinel lymph node biopsy" in fact.text, topic.id
+            else:
+                assert "node-positive" in fact.text or "nodal disease" in fact.text, (topic.id, fact.text)
+
+
+def test_octreotide_caution_is_limited_to_surgery_or_anaesthesia(kb):
+    for topic in ("biopsy", "management_overview"):
+        text = " ".join(f.text for f in _facts(kb, topic, "octreotide cover"))
+        assert "carcinoid syndrome" in text and "anaesthesia" in text and "no reason to" in text, topic
+
+
+def test_weak_sources_are_never_the_only_support_for_advice(kb):
+    # A fact resting only on the AI-generated or consumer pages must report what the page says rather
+    # than advise: it names the page (or NECA/iMedic) or is plainly descriptive.
+    weak = {"DrOracle", "iMedic", "CSC", "NECA-skin", "NECA-treatment"}
+    advice = re.compile(r"\b(should|must|recommended|advised|consider)\b", re.IGNORECASE)
+    for topic in kb.topics.values():
+        for fact in topic.facts:
+            if set(fact.citations) <= weak and advice.search(fact.text):
+                assert re.search(r"Dr\.Oracle|iMedic|NECA|consumer", fact.text), (topic.id, fact.text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every number quoted is a figure of clinical_facts.md or of a cited page
+# --------------------------------------------------------------------------------------------------
+
+# A number: integer, decimal or thousands-grouped, optionally a range (75-92) and a percent sign. Digits
+# that are part of a name are not figures and are not matched: CK20, Ki-67, TTF-1, Ga-68, G1/G2/G3,
+# 5-HIAA, 24-hour, AJCC 8th, CD45, p53, H2 blockers, lutetium-177 (a letter or "letter-" right before
+# the digits, or a letter or "-letter" right after them).
+_FIGURE = r"(?<![A-Za-z0-9.,/])(?<![A-Za-z]-)(\d+(?:,\d{3})*(?:\.\d+)?(?:\s*[-–]\s*\d+(?:,\d{3})*(?:\.\d+)?)?(?:\s*%)?)"
+_NUMBER = re.compile(_FIGURE + r"(?![A-Za-z0-9])(?!-[A-Za-z])")
+# In the sources a figure may also be glued to a unit ("30-fold", "24-hour", "3-month"), which the
+# guidance may write out ("more than 30", "over 24 hours"); a name's digits are still not a figure.
+_SOURCE_NUMBER = re.compile(_FIGURE + r"(?![0-9])(?![A-Za-z])")
+# Numbers in the guidance that are not figures and so need not appear in a source. It is empty: the
+# pattern above already skips the digits of names and units (AJCC 8th, G1/G2/G3, 24-hour, Ki-67), and
+# the remaining non-figures (the "2" of "per 2 mm²", years such as "Busam 2009" or "WHO 2019") are in
+# the fact sheet anyway. Add an entry only with its reason beside it; test_the_allowlist_is_needed
+# rejects entries that a source already contains or that the guidance no longer uses.
+NOT_FIGURES: frozenset[str] = frozenset()
+
+
+def numbers(text: str, pattern: re.Pattern[str] = _NUMBER) -> set[str]:
+    """The figures in a text, normalised: '75 – 92 %' -> '75-92%', '/21' -> '21'."""
+    found = set()
+    for match in pattern.finditer(text.replace("/", " / ")):
+        found.add(re.sub(r"\s+", "", match.group(1)).replace("–", "-"))
+    return found
+
+
+def test_the_number_extraction_finds_figures_and_skips_names():
+    text = "CK20 in 75–92% (Busam 89%), 0/21, 4,020 patients, Ki-67 < 3%, 5-HIAA, AJCC 8th, 0.5 cm, G2, 24-hour"
+    assert numbers(text) == {"75-92%", "89%", "0", "21", "4,020", "3%", "0.5"}
+
+
+def _sources_text(kb: KnowledgeBase, citations: tuple[str, ...], facts_text: str) -> str:
+    texts = [facts_text]
+    for source_id in citations:
+        source = kb.sources[source_id]
+        if source.kind == "document":
+            texts.append((DOCUMENTS / (source.file or "")).read_text(encoding="utf-8"))
+    return "\n".join(texts)
+
+
+def _unsourced_numbers(text: str, source_text: str) -> set[str]:
+    return numbers(text) - numbers(source_text, _SOURCE_NUMBER) - NOT_FIGURES
+
+
+def test_every_number_quoted_appears_in_the_fact_sheet_or_a_cited_page(kb):
+    if not CLINICAL_FACTS.is_file() or not DOCUMENTS.is_dir():
+        pytest.skip(f"../shared not present: {CLINICAL_FACTS} and {DOCUMENTS} are needed to check the figures")
+    facts_text = CLINICAL_FACTS.read_text(encoding="utf-8")
+    problems = []
+    for topic in kb.topics.values():
+        topic_citations = tuple(dict.fromkeys(c for c in kb.cited_source_ids([topic.id])))
+        # Title and summary have no citations of their own: they may use the figures of the topic's sources.
+        for text in (topic.title, topic.audience_summary, *(t.title for t in topic.tables)):
+            if extra := _unsourced_numbers(text, _sources_text(kb, topic_citations, facts_text)):
+                problems.append((topic.id, text, sorted(extra)))
+        for fact in topic.facts:
+            if extra := _unsourced_numbers(fact.text, _sources_text(kb, fact.citations, facts_text)):
+                problems.append((topic.id, fact.text, sorted(extra)))
+        for table in topic.tables:
+            source_text = _sources_text(kb, topic_citations, facts_text)
+            for column in table.columns:
+                if extra := _unsourced_numbers(column, source_text):
+                    problems.append((topic.id, column, sorted(extra)))
+            for row in table.rows:
+                text = " | ".join(row.cells)
+                if extra := _unsourced_numbers(text, _sources_text(kb, row.citations, facts_text)):
+                    problems.append((topic.id, text, sorted(extra)))
+    assert not problems, "numbers found in neither clinical_facts.md nor a cited page:\n" + "\n".join(
+        f"{topic}: {sorted_extra} in {text!r}" for topic, text, sorted_extra in problems
+    )
+
+
+def test_the_allowlist_is_needed(kb):
+    if not CLINICAL_FACTS.is_file():
+        pytest.skip(f"../shared/clinical_facts.md not present: {CLINICAL_FACTS} is absent")
+    in_sources = numbers(CLINICAL_FACTS.read_text(encoding="utf-8"), _SOURCE_NUMBER)
+    used = set().union(*(numbers(text) for text in all_topic_texts(kb)))
+    assert not NOT_FIGURES & in_sources and used >= NOT_FIGURES
+
+
+def test_the_number_check_itself_catches_an_invented_figure():
+    source = "CK20 sensitivity 75-92% in recent series; 16.8% of 352 versus 6.9% of 231."
+    assert not _unsourced_numbers("CK20 is positive in 75-92%; 16.8% of 352 and 6.9% of 231 patients.", source)
+    assert _unsourced_numbers("CK20 is positive in 90-100%.", source) == {"90-100%"}
+    assert _unsourced_numbers("PET/CT upstaged 13.2% of 492.", source) == {"13.2%", "492"}
 
 
 # --------------------------------------------------------------------------------------------------
 # Rendering and the differential mapping
 # --------------------------------------------------------------------------------------------------
+
+INTERNAL_NAMES = re.compile(r"\d{3}_[0-9a-f]{16}\.txt|clinical_facts\.md|via clinical_facts", re.IGNORECASE)
 
 
 def test_markdown_has_note_every_topic_and_the_cited_sources(kb):
@@ -286,17 +550,41 @@ def test_markdown_has_note_every_topic_and_the_cited_sources(kb):
     for source in kb.sources.values():
         assert f"[{source.id}]" in sources_part
         if source.kind == "document":
-            assert source.file in sources_part and source.title in sources_part
-        elif source.pmid:
-            assert f"PMID {source.pmid}" in sources_part
+            assert f'{source.publisher}: "{source.title}"' in sources_part
+        else:
+            assert source.reference in sources_part
+            if source.pmid:
+                assert f"{source.reference}, PMID {source.pmid}" in sources_part
     assert "| Marker | MCC |" in text  # the IHC table as a Markdown table
     assert "pending human review" in sources_part
 
 
+def test_rendered_text_names_no_internal_files(kb):
+    text = render_markdown(kb)
+    for document in DOCUMENT_FILES:
+        assert document not in text
+    assert "clinical_facts.md" not in text and "via clinical_facts.md" not in text
+    assert not INTERNAL_NAMES.search(text)
+    for key in DIFFERENTIAL_TOPICS:
+        assert not INTERNAL_NAMES.search(render_markdown(kb, topics=topics_for_differential([key])))
+
+    # JSON: everything a UI shows (all but each source's "provenance") is just as clean.
+    data = to_json(kb)
+    shown = {
+        **data,
+        "sources": {i: {k: v for k, v in s.items() if k != "provenance"} for i, s in data["sources"].items()},
+    }
+    assert not INTERNAL_NAMES.search(json.dumps(shown, ensure_ascii=False))
+    # The provenance is still there for audits.
+    oracle = data["sources"]["DrOracle"]
+    assert oracle["provenance"]["file"] == "001_460af97a28b409ee.txt" and oracle["label"].startswith("Dr.Oracle:")
+    assert data["sources"]["Heath2008"]["provenance"]["via"] == "clinical_facts.md"
+
+
 def test_markdown_for_a_subset_lists_only_its_sources(kb):
     text = render_markdown(kb, topics=["grading"])
-    assert "## Grading" in text and "## Nodal staging" not in text
-    assert "[Heath2008]" not in text and "[iMedic]" in text
+    assert f"## {kb.topics['grading'].title}" in text and "## Nodal staging" not in text
+    assert "[Heath2008]" not in text and "[iMedic]" in text and "[Nagtegaal2020]" in text
     assert "## Sources" not in render_markdown(kb, topics=["grading"], include_sources=False)
 
 
@@ -321,20 +609,105 @@ def test_to_json_round_trips(kb):
     assert list(subset["sources"]) == ["Heath2008"]
 
 
+# --- one test per work-up pathway: what is shown, and what is not
+
+
+def _shown_for(key: str) -> tuple[list[str], str]:
+    ids = topics_for_differential([key])
+    return ids, render_markdown(load_guidance(), topics=ids, include_sources=False) if ids else ""
+
+
+def test_mapping_keys_are_the_referral_engines_work_up_pathways():
+    assert set(DIFFERENTIAL_TOPICS) == {
+        "suspected_mcc",
+        "mcc_recurrence",
+        "metastasis",
+        "neuroendocrine_metastasis",
+        "other_malignant",
+        "cannot_assess",
+        "benign",
+    }
+    for key, topics in DIFFERENTIAL_TOPICS.items():
+        assert len(topics) == len(set(topics)), key
+        assert set(topics) <= set(topic_ids()), key
+
+
+def test_suspected_mcc_shows_the_mcc_work_up():
+    ids, text = _shown_for("suspected_mcc")
+    assert ids == [
+        "aeiou",
+        "mcc_epidemiology",
+        "biopsy",
+        "mcc_biopsy_and_referral",
+        "immunohistochemistry",
+        "mcc_staging",
+        "nodal_staging",
+        "pitfalls",
+    ]
+    assert not set(ids) & NET_ONLY_TOPICS
+    for needle in ("AJCC 8th edition", "FDG-PET/CT", "sentinel lymph node biopsy is recommended", "subcutis"):
+        assert needle in text, needle
+    assert "suspected-cancer pathway" in text and "skin-cancer multidisciplinary team" in text
+    assert "5-HIAA" not in text and "DOTATATE" not in text
+
+
+def test_mcc_recurrence_shows_biopsy_imaging_and_ihc_but_no_net_biochemistry():
+    ids, text = _shown_for("mcc_recurrence")
+    assert ids == ["mcc_recurrence", "biopsy", "immunohistochemistry", "pitfalls"]
+    assert not set(ids) & NET_ONLY_TOPICS
+    assert "FDG-PET/CT" in text and "| Marker | MCC |" in text and "40%" in text
+    # 5-HIAA is named only to say that it has no role in MCC.
+    for line in text.splitlines():
+        if "5-HIAA" in line:
+            assert "no role" in line, line
+    assert "DOTATATE" not in text and "somatostatin-receptor" not in text.lower()
+
+
+def test_metastasis_shows_the_primary_led_work_up_without_neuroendocrine_tests():
+    ids, text = _shown_for("metastasis")
+    assert ids == ["biopsy", "metastasis_workup", "cutaneous_metastasis"]
+    assert not set(ids) & NET_ONLY_TOPICS
+    assert "chosen for the known or suspected primary" in text and "compared with" in text
+    assert "CT, or FDG-PET/CT" in text and "Sister Mary Joseph" in text and "4,020" in text
+    assert "only when a neuroendocrine tumour is known or suspected" in text
+    for absent in ("5-HIAA", "chromogranin", "DOTATATE", "Ki-67"):
+        assert absent.lower() not in text.lower(), absent
+
+
+def test_neuroendocrine_metastasis_adds_the_neuroendocrine_tests():
+    ids, text = _shown_for("neuroendocrine_metastasis")
+    assert ids[:3] == list(DIFFERENTIAL_TOPICS["metastasis"])
+    assert set(ids) >= NET_ONLY_TOPICS and "immunohistochemistry" in ids
+    for needle in ("Chromogranin A", "5-HIAA", "Ga-68 DOTATATE PET/CT", "2 mm²", "Pellagra", "glucagonoma"):
+        assert needle in text, needle
+
+
+@pytest.mark.parametrize("key", ["other_malignant", "cannot_assess"])
+def test_other_malignant_and_cannot_assess_show_the_general_biopsy_only(key):
+    ids, text = _shown_for(key)
+    assert ids == ["biopsy"]
+    assert "subcutis" in text
+    for absent in ("synaptophysin", "chromogranin", "5-HIAA", "NSE", "DOTATATE"):
+        assert absent.lower() not in text.lower(), absent
+
+
+def test_benign_shows_nothing():
+    assert topics_for_differential(["benign"]) == []
+
+
 def test_topics_for_differential_is_ordered_without_duplicates():
-    ids = topics_for_differential(["mcc", "cutaneous_metastasis"])
+    ids = topics_for_differential(["suspected_mcc", "neuroendocrine_metastasis"])
     assert len(ids) == len(set(ids))
-    assert ids[:5] == ["aeiou", "biopsy", "immunohistochemistry", "nodal_staging", "pitfalls"]
-    assert {"grading", "biochemistry", "imaging", "cutaneous_metastasis"} <= set(ids)
-    assert set(ids) <= set(topic_ids())
-    assert topics_for_differential(["other_malignant"]) == ["biopsy"]
+    assert ids[: len(DIFFERENTIAL_TOPICS["suspected_mcc"])] == list(DIFFERENTIAL_TOPICS["suspected_mcc"])
+    assert set(ids) >= NET_ONLY_TOPICS and set(ids) <= set(topic_ids())
     assert topics_for_differential(["cannot_assess", "other_malignant"]) == ["biopsy"]
+    assert topics_for_differential("metastasis") == list(DIFFERENTIAL_TOPICS["metastasis"])
+    assert topics_for_differential([" Suspected_MCC "]) == list(DIFFERENTIAL_TOPICS["suspected_mcc"])
     assert topics_for_differential([]) == []
-    for entry, topics in DIFFERENTIAL_TOPICS.items():
-        assert len(topics) == len(set(topics)), entry
-        assert set(topics) <= set(topic_ids()), entry
-    with pytest.raises(GuidanceError, match="cutaneous_metastasis"):
+    with pytest.raises(GuidanceError, match="neuroendocrine_metastasis"):
         topics_for_differential(["melanoma"])
+    with pytest.raises(GuidanceError, match="'mcc'"):  # the old triage-group keys are gone
+        topics_for_differential(["mcc"])
 
 
 def test_default_knowledge_base_is_cached():
@@ -475,4 +848,28 @@ def test_broken_sources_are_rejected(tmp_path, edit, problem):
 def test_invalid_yaml_names_the_file(tmp_path):
     write_kb(tmp_path, {"01_alpha.yaml": "id: [unclosed\n"})
     with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: not valid YAML"):
+        load_guidance(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (
+            ("Someone et al., Journal 2000", "Someone et al., via clinical_facts.md"),
+            "source 2 ('L1'): field 'reference'",
+        ),
+        (("title: A page", "title: A page (000_a991662f92536825.txt)"), "source 1 ('S1'): field 'title'"),
+    ],
+)
+def test_internal_file_names_in_shown_source_fields_are_rejected(tmp_path, edit, where):
+    write_kb(tmp_path, {"01_alpha.yaml": GOOD_TOPIC}, sources=SOURCES_YAML.replace(*edit))
+    with pytest.raises(GuidanceError, match=r"sources\.yaml") as error:
+        load_guidance(tmp_path)
+    assert where in str(error.value) and "internal file" in str(error.value)
+
+
+def test_internal_file_names_in_topic_text_are_rejected(tmp_path):
+    topic = GOOD_TOPIC.replace("A fact.", "A fact (see 001_460af97a28b409ee.txt).")
+    write_kb(tmp_path, {"01_alpha.yaml": topic})
+    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: topic 'alpha', fact 1: field 'text' names the internal"):
         load_guidance(tmp_path)

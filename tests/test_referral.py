@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import json
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,14 +22,20 @@ from skintriage.checkpoint import DEFAULT_BUNDLE, METADATA_FILE
 from skintriage.referral import (
     HEATH_2008,
     LEVEL_MEANING,
+    RULE,
+    RULES,
+    SITE_UV_EXPOSED,
     SITES,
     UV_EXPOSED_SITES,
+    WORKUPS,
     ClinicalContext,
     Level,
     ReferralDecision,
     ReferralPolicy,
     decide,
+    malignancy_probability,
     malignant_share,
+    rules_markdown,
     top_malignant,
 )
 from skintriage.uncertainty import Uncertainty
@@ -64,6 +71,8 @@ PINNED_RULES = {
     "context_and_image_evidence",
     "rapid_growth",
     "mcc_mimic_with_context",
+    "clinically_suspected_mcc",
+    "known_cancer_lesion_not_new",
     "no_rule_fired",
 }
 NEVER_SEEN = "never seen Merkel cell carcinoma or a cutaneous metastasis"
@@ -94,7 +103,8 @@ def gate(*, ood: bool = False, low: bool = False) -> Uncertainty:
 
 PASSES = gate()
 BENIGN = probs(nv=0.9, bkl=0.1)  # malignancy 0
-AEIOU_3 = {"age": 70, "asymptomatic": True, "immunosuppressed": True}  # O, A, I: exactly three features
+# O, A, I: exactly three features, in a new or enlarging lesion (the AEIOU rule counts only for one)
+AEIOU_3 = {"age": 70, "asymptomatic": True, "immunosuppressed": True, "new_or_enlarging_nodule": True}
 
 
 def run(
@@ -119,10 +129,25 @@ def conditions(decision: ReferralDecision) -> list[str]:
     return [entry.condition for entry in decision.differential]
 
 
-def test_every_rule_id_in_the_engine_is_pinned_here() -> None:
-    source = inspect.getsource(referral)
-    emitted = set(re.findall(r'fire\(\s*"([a-z_]+)"', source)) | set(re.findall(r'Reason\(\s*"([a-z_]+)"', source))
-    assert emitted == PINNED_RULES
+def workups(decision: ReferralDecision) -> list[str]:
+    return [entry.workup for entry in decision.differential]
+
+
+def test_every_rule_id_in_the_engine_is_pinned_here_and_registered_once() -> None:
+    source = inspect.getsource(referral.decide)
+    emitted = set(re.findall(r'fire\(\s*"([a-z_]+)"', source))
+    assert emitted == PINNED_RULES == set(RULE)
+    assert len(RULES) == len(RULE)  # no id registered twice
+
+
+def test_the_readme_rule_table_is_the_one_generated_from_the_engine() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- rules:start (generated: skintriage rules) -->\n", "<!-- rules:end -->"
+    assert start in readme and end in readme, "README lost the generated rule-table markers"
+    table = readme.split(start, 1)[1].split(end, 1)[0]
+    assert table == rules_markdown(), "README rule table is stale: paste the output of `skintriage rules` there"
+    for rule in RULES:
+        assert f"`{rule.id}`" in table
 
 
 # --- 1. image evidence: the malignancy thresholds -------------------------------------------------------
@@ -135,7 +160,12 @@ def test_benign_image_with_a_passing_gate_and_no_context_is_routine_with_only_no
     assert rules(decision) == ["no_rule_fired"]
     assert reason(decision, "no_rule_fired").level == "routine"
     text = reason(decision, "no_rule_fired").text
-    assert "0.00" in text and "0.16" in text and "still needs clinical examination" in text
+    assert "0.00" in text and "0.16" in text
+    # a routine card never reassures: it says what the model cannot exclude and when to come back
+    assert "cannot exclude Merkel cell carcinoma or a cutaneous metastasis" in text
+    assert "grows, bleeds" in text and "firm" in text
+    assert "within the model's experience" not in text
+    assert "not reassurance" in decision.meaning
     assert decision.differential == []
 
 
@@ -292,19 +322,22 @@ def test_three_aeiou_features_refer_a_benign_image_and_name_mcc_in_the_different
     assert rules(decision) == ["aeiou_features"]
     r = reason(decision, "aeiou_features")
     assert r.level == "refer"
-    assert r.text.startswith("3 of the 5 AEIOU features")
+    assert r.text.startswith("A new or enlarging lesion with 3 of the 5 AEIOU features")
     assert "asymptomatic (not tender); immune suppression; older than 50 (age 70)" in r.text
-    assert HEATH_2008 in r.text and "a prompt to biopsy" in r.text
-    assert conditions(decision) == ["mcc"]
-    assert decision.differential[0].why.startswith("3 AEIOU features;")
+    assert HEATH_2008 in r.text and "89%" in r.text and "not a diagnosis" in r.text
+    assert conditions(decision) == ["mcc"] and workups(decision) == ["suspected_mcc"]
+    assert decision.differential[0].why.startswith("3 AEIOU features in a new or growing lesion;")
 
 
 def test_two_aeiou_features_do_not_fire_and_are_listed_in_the_routine_reason() -> None:
-    decision = run(age=70, asymptomatic=True)
+    decision = run(age=70, asymptomatic=True, new_or_enlarging_nodule=True)
     assert decision.level == "routine"
     assert rules(decision) == ["no_rule_fired"]
     text = decision.reasons[0].text
-    assert "Clinical features given: asymptomatic (not tender); older than 50 (age 70) (fewer than 3 AEIOU)." in text
+    assert (
+        "Clinical features given: asymptomatic (not tender); older than 50 (age 70) (fewer than 3 AEIOU features)."
+        in text
+    )
     assert decision.differential == []
 
 
@@ -315,13 +348,14 @@ def test_all_five_aeiou_features_in_the_published_order() -> None:
         "expanding rapidly (within 3 months)",
         "immune suppression",
         "older than 50 (age 80)",
-        "UV-exposed site (scalp)",
+        "UV-exposed site (scalp; skin type not given)",
     ]
-    assert reason(decide(BENIGN, PASSES, context, POLICY), "aeiou_features").text.startswith("5 of the 5")
+    text = reason(decide(BENIGN, PASSES, context, POLICY), "aeiou_features").text
+    assert text.startswith("A new or enlarging lesion with 5 of the 5")
 
 
 def test_age_exactly_50_is_not_older_than_50_but_51_is() -> None:
-    two = {"asymptomatic": True, "immunosuppressed": True}
+    two = {"asymptomatic": True, "immunosuppressed": True, "new_or_enlarging_nodule": True}
     at_50 = run(age=50, **two)
     assert at_50.level == "routine" and rules(at_50) == ["no_rule_fired"]
     at_51 = run(age=51, **two)
@@ -331,25 +365,44 @@ def test_age_exactly_50_is_not_older_than_50_but_51_is() -> None:
 
 def test_the_aeiou_age_and_minimum_count_come_from_the_policy() -> None:
     policy = ReferralPolicy(0.16, 0.64, aeiou_min_features=2, aeiou_age=65)
-    assert rules(run(policy=policy, age=65, asymptomatic=True)) == ["no_rule_fired"]  # 65 is not older than 65
-    decision = run(policy=policy, age=66, asymptomatic=True)
+    new = {"asymptomatic": True, "new_or_enlarging_nodule": True}
+    assert rules(run(policy=policy, age=65, **new)) == ["no_rule_fired"]  # 65 is not older than 65
+    decision = run(policy=policy, age=66, **new)
     assert rules(decision) == ["aeiou_features"]
     assert "older than 65 (age 66)" in decision.reasons[0].text
 
 
-@pytest.mark.parametrize("site", ["face", "FACE", " Face ", "Lower Leg", "head/neck"])
+@pytest.mark.parametrize("site", ["face", "FACE", " Face ", "Lower Leg", "head/neck", "Back", "leg"])
 def test_uv_exposed_site_is_matched_case_insensitively(site: str) -> None:
     context = ClinicalContext(site=site)
     assert context.uv_exposed_site
-    assert context.aeiou(older_than=50) == [f"UV-exposed site ({site})"]
-    decision = run(site=site, asymptomatic=True, immunosuppressed=True)
+    assert context.aeiou(older_than=50) == [f"UV-exposed site ({site}; skin type not given)"]
+    decision = run(site=site, asymptomatic=True, immunosuppressed=True, new_or_enlarging_nodule=True)
     assert rules(decision) == ["aeiou_features"]
 
 
-@pytest.mark.parametrize("site", ["trunk", "Back", "sole", "other"])
+@pytest.mark.parametrize("site", ["trunk", "lower back", "sole", "thigh", "other"])
 def test_a_covered_site_is_valid_but_not_uv_exposed(site: str) -> None:
     assert not ClinicalContext(site=site).uv_exposed_site
-    assert rules(run(site=site, asymptomatic=True, immunosuppressed=True)) == ["no_rule_fired"]
+    assert rules(run(site=site, asymptomatic=True, immunosuppressed=True, new_or_enlarging_nodule=True)) == [
+        "no_rule_fired"
+    ]
+
+
+@pytest.mark.parametrize("synonyms", [("back", "upper back"), ("leg", "lower leg", "lower extremity", "shin"),
+                                      ("arm", "forearm", "upper extremity"), ("head", "face", "head/neck")])  # fmt: skip
+def test_synonymous_sites_agree_on_uv_exposure(synonyms: tuple[str, ...]) -> None:
+    assert len({SITE_UV_EXPOSED[site] for site in synonyms}) == 1
+
+
+def test_fair_skin_counts_where_it_is_given() -> None:
+    base = {"site": "face", "asymptomatic": True, "age": 70, "new_or_enlarging_nodule": True}
+    assert ClinicalContext(**base, fair_skin=True).aeiou(older_than=50)[-1] == "UV-exposed site (face; on fair skin)"
+    assert rules(run(**base, fair_skin=True)) == ["aeiou_features"]
+    assert rules(run(**base)) == ["aeiou_features"]  # not given: the site still counts, and the reason says so
+    not_fair = run(**base, fair_skin=False)  # U needs fair skin: A and O only
+    assert not ClinicalContext(site="face", fair_skin=False).uv_exposed_site
+    assert rules(not_fair) == ["no_rule_fired"]
 
 
 def test_every_uv_exposed_site_is_a_valid_site() -> None:
@@ -386,36 +439,49 @@ def test_an_empty_context_is_empty_and_none_means_an_empty_context() -> None:
 
 
 @pytest.mark.parametrize(
-    ("flag", "words"),
-    [("known_neuroendocrine_tumour", "neuroendocrine tumour"), ("known_other_primary_cancer", "internal cancer")],
+    ("flag", "words", "workup"),
+    [
+        ("known_neuroendocrine_tumour", "neuroendocrine tumour", "neuroendocrine_metastasis"),
+        ("known_other_primary_cancer", "internal cancer", "metastasis"),
+    ],
 )
-def test_a_known_primary_cancer_refers_and_adds_metastasis_to_the_differential(flag: str, words: str) -> None:
-    decision = run(**{flag: True})
+def test_a_known_primary_cancer_refers_a_new_nodule_with_the_work_up_of_that_primary(flag, words, workup) -> None:
+    decision = run(**{flag: True}, new_or_enlarging_nodule=True)
     assert decision.level == "refer"
     assert rules(decision) == ["known_primary_cancer"]
     r = reason(decision, "known_primary_cancer")
     assert r.level == "refer" and f"The patient has a known {words}" in r.text and "cutaneous metastasis" in r.text
-    assert conditions(decision) == ["cutaneous_metastasis"]
+    assert conditions(decision) == ["cutaneous_metastasis"] and workups(decision) == [workup]
     assert decision.differential[0].name == "Cutaneous metastasis"
-    assert "immunohistochemistry" in decision.differential[0].why
+    assert "immunohistochemistry chosen for the primary" in decision.differential[0].why
 
 
-def test_both_primaries_give_one_reason_naming_the_neuroendocrine_tumour() -> None:
-    decision = run(known_neuroendocrine_tumour=True, known_other_primary_cancer=True)
+@pytest.mark.parametrize("flag", ["known_neuroendocrine_tumour", "known_other_primary_cancer"])
+def test_a_known_cancer_does_not_refer_a_lesion_that_is_not_new_or_enlarging(flag: str) -> None:
+    decision = run(**{flag: True})
+    assert decision.level == "routine"
+    assert rules(decision) == ["known_cancer_lesion_not_new", "no_rule_fired"]
+    note = reason(decision, "known_cancer_lesion_not_new")
+    assert note.level == "routine" and "not marked new or enlarging" in note.text
+    assert decision.differential == []
+    assert rules(run(**{flag: True}, rapid_growth=True))[:2] == ["rapid_growth", "known_primary_cancer"]
+
+
+def test_both_primaries_give_one_reason_and_the_neuroendocrine_work_up() -> None:
+    decision = run(known_neuroendocrine_tumour=True, known_other_primary_cancer=True, new_or_enlarging_nodule=True)
     assert rules(decision) == ["known_primary_cancer"]
-    assert "neuroendocrine tumour" in decision.reasons[0].text
-    assert conditions(decision) == ["cutaneous_metastasis"]
+    assert "neuroendocrine tumour and another internal cancer" in decision.reasons[0].text
+    assert workups(decision) == ["neuroendocrine_metastasis"]
 
 
-def test_previous_mcc_alone_is_urgent_with_mcc_and_metastasis_in_the_differential() -> None:
+def test_previous_mcc_alone_is_urgent_with_the_recurrence_work_up() -> None:
     decision = run(prior_mcc=True)
     assert decision.level == "urgent"
     assert rules(decision) == ["prior_mcc"]  # not the combination rule: previous MCC is not "context risk" there
     r = reason(decision, "prior_mcc")
-    assert r.level == "urgent" and "recurrence or metastasis" in r.text
-    assert conditions(decision) == ["mcc", "cutaneous_metastasis"]
-    assert decision.differential[0].why.startswith("previous MCC;")
-    assert "previous MCC" in decision.differential[1].why
+    assert r.level == "urgent" and "recurrence or metastasis" in r.text and "40%" in r.text
+    assert conditions(decision) == ["mcc"] and workups(decision) == ["mcc_recurrence"]
+    assert decision.differential[0].name == "Recurrence or metastasis of Merkel cell carcinoma"
 
 
 def test_previous_mcc_with_image_evidence_does_not_fire_the_combination_rule() -> None:
@@ -424,33 +490,74 @@ def test_previous_mcc_with_image_evidence_does_not_fire_the_combination_rule() -
     assert rules(decision) == ["malignancy_above_referral_threshold", "prior_mcc"]
 
 
+# --- the classic MCC picture, and the older patient's everyday lesion ------------------------------------
+
+
+def test_the_classic_mcc_picture_is_urgent_whatever_the_image_score() -> None:
+    # a 75-year-old with a rapidly growing, painless nodule on the face that the model reads as a vascular lesion
+    decision = run(probs(vasc=0.85, nv=0.15), age=75, site="face", rapid_growth=True, asymptomatic=True)
+    assert decision.level == "urgent"
+    assert "clinically_suspected_mcc" in rules(decision)
+    r = reason(decision, "clinically_suspected_mcc")
+    assert r.level == "urgent" and "whatever the image score" in r.text
+    assert "rapid growth with asymptomatic (not tender); older than 50 (age 75); UV-exposed site" in r.text
+    assert workups(decision) == ["suspected_mcc"]
+
+
+def test_rapid_growth_with_two_more_features_is_urgent_even_on_a_naevus_call() -> None:
+    decision = run(BENIGN, age=80, rapid_growth=True, asymptomatic=True)
+    assert decision.level == "urgent"
+    assert rules(decision) == ["aeiou_features", "rapid_growth", "clinically_suspected_mcc"]
+
+
+def test_rapid_growth_with_one_more_feature_is_not_the_classic_picture() -> None:
+    decision = run(BENIGN, age=80, rapid_growth=True)
+    assert decision.level == "refer" and rules(decision) == ["rapid_growth"]
+
+
+def test_a_static_keratosis_in_an_older_patient_is_referred_on_the_image_alone_not_urgent() -> None:
+    # malignancy 0.20 on a seborrhoeic keratosis, age 72, face, asymptomatic, not new or enlarging
+    decision = run(probs(bkl=0.8, bcc=0.2), age=72, site="face", asymptomatic=True)
+    assert decision.level == "refer"
+    assert rules(decision) == ["malignancy_above_referral_threshold"]
+
+
+def test_an_older_patients_benign_lesion_that_is_not_new_is_routine_and_says_why_aeiou_did_not_count() -> None:
+    decision = run(BENIGN, age=72, site="face", asymptomatic=True)
+    assert decision.level == "routine" and rules(decision) == ["no_rule_fired"]
+    assert "AEIOU counts only for a new or enlarging lesion" in decision.reasons[0].text
+    # the same lesion, new or enlarging: three features refer it
+    assert rules(run(BENIGN, age=72, site="face", asymptomatic=True, new_or_enlarging_nodule=True)) == [
+        "aeiou_features"
+    ]
+
+
 # --- the context + image combination -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("probabilities", "uncertainty", "image_rule"),
-    [
-        (probs(mel=0.16), PASSES, "malignancy_above_referral_threshold"),
-        (BENIGN, gate(ood=True), "out_of_distribution"),
-        (BENIGN, gate(low=True), "low_confidence"),
-    ],
-    ids=["malignancy", "out_of_distribution", "low_confidence"],
-)
-@pytest.mark.parametrize(
     ("context", "context_rule"),
     [
         (AEIOU_3, "aeiou_features"),
-        ({"known_neuroendocrine_tumour": True}, "known_primary_cancer"),
-        ({"known_other_primary_cancer": True}, "known_primary_cancer"),
+        ({"known_neuroendocrine_tumour": True, "new_or_enlarging_nodule": True}, "known_primary_cancer"),
+        ({"known_other_primary_cancer": True, "new_or_enlarging_nodule": True}, "known_primary_cancer"),
     ],
     ids=["aeiou", "net", "other_primary"],
 )
-def test_context_risk_with_image_evidence_is_urgent(probabilities, uncertainty, image_rule, context, context_rule):
-    decision = run(probabilities, uncertainty, **context)
+def test_context_risk_with_a_malignant_looking_image_is_urgent(context, context_rule):
+    decision = run(probs(mel=0.16), PASSES, **context)
     assert decision.level == "urgent"
-    assert rules(decision) == [image_rule, context_rule, "context_and_image_evidence"]
+    assert rules(decision) == ["malignancy_above_referral_threshold", context_rule, "context_and_image_evidence"]
     r = reason(decision, "context_and_image_evidence")
     assert r.level == "urgent" and "occur together" in r.text
+
+
+@pytest.mark.parametrize("uncertainty", [gate(ood=True), gate(low=True), None], ids=["ood", "low", "no_gate"])
+def test_cannot_assess_refers_but_does_not_turn_context_into_urgent(uncertainty) -> None:
+    decision = run(BENIGN, uncertainty, known_neuroendocrine_tumour=True, **AEIOU_3)
+    assert decision.level == "refer"
+    assert "context_and_image_evidence" not in rules(decision)
+    assert workups(decision) == ["suspected_mcc", "neuroendocrine_metastasis", "cannot_assess"]
 
 
 def test_context_risk_without_image_evidence_is_not_urgent() -> None:
@@ -462,7 +569,7 @@ def test_context_risk_without_image_evidence_is_not_urgent() -> None:
 
 
 def test_two_aeiou_features_with_image_evidence_stay_at_refer() -> None:
-    decision = run(probs(mel=0.3), PASSES, age=70, asymptomatic=True)
+    decision = run(probs(mel=0.3), PASSES, age=70, asymptomatic=True, new_or_enlarging_nodule=True)
     assert decision.level == "refer"
     assert rules(decision) == ["malignancy_above_referral_threshold"]
 
@@ -486,8 +593,10 @@ def test_everything_at_once_orders_reasons_and_differential() -> None:
         "prior_mcc",
         "context_and_image_evidence",
     ]
-    assert conditions(decision) == ["mcc", "cutaneous_metastasis", "other_malignant", "cannot_assess"]
-    assert decision.differential[0].why.startswith("3 AEIOU features, previous MCC, non-pigmented malignant pattern;")
+    assert workups(decision) == ["suspected_mcc", "mcc_recurrence", "metastasis", "other_malignant", "cannot_assess"]
+    assert decision.differential[0].why.startswith(
+        "3 AEIOU features in a new or growing lesion, non-pigmented malignant pattern;"
+    )
 
 
 # --- limits, serialisation ---------------------------------------------------------------------------------
@@ -511,6 +620,7 @@ def test_to_dict_is_json_ready_and_keeps_the_rule_ids() -> None:
     assert [r["rule"] for r in data["reasons"]] == rules(decision)
     assert {r["level"] for r in data["reasons"]} <= set(RANK)
     assert [d["condition"] for d in data["differential"]] == ["mcc", "other_malignant", "cannot_assess"]
+    assert [d["workup"] for d in data["differential"]] == ["suspected_mcc", "other_malignant", "cannot_assess"]
 
 
 # --- the policy ---------------------------------------------------------------------------------------------
@@ -527,6 +637,14 @@ def test_policy_from_the_bundled_model_json_has_its_calibrated_thresholds() -> N
     assert 0 < policy.referral_threshold < policy.urgent_threshold < 1
     assert (policy.aeiou_min_features, policy.aeiou_age, policy.non_pigmented_share) == (3, 50, 0.5)
     assert policy.non_pigmented_classes == ("scc", "other_malignant")
+    assert "ham10000" in policy.training_sources and len(set(policy.training_sources)) == len(policy.training_sources)
+    assert any("ham10000" in limit for limit in policy.limits())
+    # the pooled thresholds also say what they were validated on
+    refer = reason(run(probs(mel=0.99), policy=policy), "malignancy_above_urgent_threshold")
+    n = metadata["calibration"]["validation"]["n_images"]
+    assert f"the pooled threshold (dermoscopic and clinical images together); chosen for 95% specificity on {n}" in (
+        refer.text
+    )
 
 
 @pytest.mark.parametrize(
@@ -548,7 +666,12 @@ def test_policy_from_metadata_without_thresholds_points_to_fit_gates(metadata: d
 def test_policy_for_one_acquisition_type_quotes_its_validation_numbers() -> None:
     clinical = {
         "referral_threshold": 0.3,
-        "validation": {"n_images": 188, "referral_sensitivity": 0.957, "referral_specificity": 0.412},
+        "validation": {
+            "n_images": 188,
+            "n_malignant": 70,
+            "referral_sensitivity": 0.957,
+            "referral_specificity": 0.412,
+        },
         "urgent": {"threshold": 0.7, "validation_sensitivity": 0.31, "validation_specificity": 0.952},
     }
     metadata = {"calibration": {"referral_threshold": 0.16, "urgent": {"threshold": 0.64}, "by_acquisition": {
@@ -558,14 +681,16 @@ def test_policy_for_one_acquisition_type_quotes_its_validation_numbers() -> None
     refer = reason(run(probs(mel=0.4), policy=policy), "malignancy_above_referral_threshold")
     assert refer.text == (
         "Malignancy probability 0.400 is at or above the referral threshold 0.300 (the clinical-photo threshold; "
-        "chosen for 95% sensitivity on 188 clinical validation images: sensitivity 0.957, specificity 0.412)."
+        "chosen for 95% sensitivity on 188 clinical validation images of common skin lesions (70 malignant, none of "
+        "them an MCC or a metastasis), where it reached sensitivity 0.957 and specificity 0.412)."
     )
     urgent = reason(run(probs(mel=0.8), policy=policy), "malignancy_above_urgent_threshold")
     assert urgent.text.endswith(
         "urgent threshold 0.700 (the clinical-photo threshold; chosen for 95% specificity on 188 clinical "
-        "validation images: sensitivity 0.310, specificity 0.952)."
+        "validation images of common skin lesions (70 malignant, none of them an MCC or a metastasis), where it "
+        "reached sensitivity 0.310 and specificity 0.952)."
     )
-    assert ReferralPolicy.from_metadata(metadata).source is None  # the pooled policy is worded as before
+    assert ReferralPolicy.from_metadata(metadata).source.acquisition is None  # the pooled thresholds
     with pytest.raises(ValueError, match=r"no calibration\.by_acquisition\.dermoscopic"):
         ReferralPolicy.from_metadata(metadata, acquisition="dermoscopic")
 
@@ -598,6 +723,8 @@ contexts = st.builds(
     ClinicalContext,
     age=st.one_of(st.none(), st.integers(0, 120)),
     site=st.one_of(st.none(), st.sampled_from(SITES)),
+    fair_skin=st.sampled_from([None, True, False]),
+    new_or_enlarging_nodule=st.booleans(),
     immunosuppressed=st.booleans(),
     rapid_growth=st.booleans(),
     asymptomatic=st.booleans(),
@@ -610,6 +737,7 @@ contexts = st.builds(
 def riskier(context: ClinicalContext) -> list[ClinicalContext]:
     """``context`` with one more clinical risk feature, for every feature it lacks."""
     flags = (
+        "new_or_enlarging_nodule",
         "immunosuppressed",
         "rapid_growth",
         "asymptomatic",
@@ -621,7 +749,7 @@ def riskier(context: ClinicalContext) -> list[ClinicalContext]:
     if context.age is None or context.age <= 50:
         out.append(dataclasses.replace(context, age=75))
     if not context.uv_exposed_site:
-        out.append(dataclasses.replace(context, site="face"))
+        out.append(dataclasses.replace(context, site="face", fair_skin=True))
     return out
 
 
@@ -632,8 +760,8 @@ def test_adding_any_clinical_risk_feature_never_lowers_the_level_or_drops_a_reas
     for more in riskier(context):
         after = decide(p, uncertainty, more, POLICY)
         assert RANK[after.level] >= RANK[before.level], (context, more)
-        assert set(rules(before)) - {"no_rule_fired"} <= set(rules(after))
-        assert set(conditions(before)) <= set(conditions(after))
+        assert set(rules(before)) - {"no_rule_fired", "known_cancer_lesion_not_new"} <= set(rules(after))
+        assert set(workups(before)) - {"metastasis"} <= set(workups(after))  # metastasis may become the NET one
 
 
 @settings(max_examples=300, deadline=None)
@@ -644,17 +772,23 @@ def test_invariants_of_every_decision(p, uncertainty, context) -> None:
     assert len(fired) == len(set(fired)) and set(fired) <= PINNED_RULES
     # the level is the highest any reason asks for; no_rule_fired appears exactly when that is routine
     assert RANK[decision.level] == max(RANK[r.level] for r in decision.reasons)
+    assert all(r.level == RULE[r.rule].level.label for r in decision.reasons)
     assert ("no_rule_fired" in fired) == (decision.level == "routine")
     if "no_rule_fired" in fired:
-        assert fired == ["no_rule_fired"] and decision.differential == []
+        assert set(fired) <= {"known_cancer_lesion_not_new", "no_rule_fired"} and decision.differential == []
     # an image the model cannot assess is never routine
     if uncertainty is None or uncertainty.cannot_assess:
         assert decision.level != "routine" and "cannot_assess" in conditions(decision)
     if context.prior_mcc:
         assert decision.level == "urgent"
-    # the differential keeps its order and names each condition once
-    order = ["mcc", "cutaneous_metastasis", "other_malignant", "cannot_assess"]
-    assert conditions(decision) == sorted(conditions(decision), key=order.index)
+    # context about a lesion that is neither new nor growing never changes the level (previous MCC aside)
+    if not (context.new_or_enlarging_nodule or context.rapid_growth or context.prior_mcc):
+        assert decision.level == decide(p, uncertainty, None, POLICY).level
+    # "cannot assess" is never the image evidence of the urgent combination
+    if "context_and_image_evidence" in fired:
+        assert malignancy_probability(p) >= POLICY.referral_threshold
+    # the differential keeps the work-up order and names each work-up once
+    assert workups(decision) == sorted(set(workups(decision)), key=WORKUPS.index)
     assert any(NEVER_SEEN in limit for limit in decision.limits)
 
 
@@ -675,23 +809,41 @@ def test_rapid_growth_alone_refers() -> None:
     assert decision.differential == []
 
 
-@pytest.mark.parametrize("mimic", ["vasc", "other_benign"])
-def test_a_benign_mimic_with_risk_features_puts_mcc_on_the_differential(mimic: str) -> None:
+@pytest.mark.parametrize("mimic", ["vasc", "other_benign", "df"])
+def test_a_new_benign_mimic_with_risk_features_puts_mcc_on_the_differential(mimic: str) -> None:
     looks_benign = probs(**{mimic: 0.9, "nv": 0.1})
-    decision = run(looks_benign, age=70, asymptomatic=True)  # two AEIOU features: the mimic rule's minimum
+    # two AEIOU features in a new or enlarging lesion: the mimic rule's minimum
+    decision = run(looks_benign, age=70, asymptomatic=True, new_or_enlarging_nodule=True)
     assert decision.level == "refer" and rules(decision) == ["mcc_mimic_with_context"]
     assert "56%" in reason(decision, "mcc_mimic_with_context").text
-    assert [d.condition for d in decision.differential] == ["mcc"]
+    assert workups(decision) == ["suspected_mcc"]
+    assert rules(run(looks_benign, age=70, asymptomatic=True)) == ["no_rule_fired"]  # not new: no rule
+
+
+@pytest.mark.parametrize("mimic", ["vasc", "other_benign", "df"])
+def test_a_rapidly_growing_benign_mimic_is_clinically_suspected_mcc_and_urgent(mimic: str) -> None:
+    decision = run(probs(**{mimic: 0.9, "nv": 0.1}), rapid_growth=True)
+    assert decision.level == "urgent"
+    assert rules(decision) == ["rapid_growth", "clinically_suspected_mcc", "mcc_mimic_with_context"]
+    assert "rapid growth of a lesion the model reads as a benign" in reason(decision, "clinically_suspected_mcc").text
+
+
+def test_a_non_neoplastic_call_is_no_mimic_because_validation_did_not_support_it() -> None:
+    # experiments/referral_engine: as common among benign clinical photos as among the malignant ones missed
+    assert "non_neoplastic" not in POLICY.mcc_mimic_classes
+    decision = run(probs(non_neoplastic=0.9, nv=0.1), age=70, asymptomatic=True, new_or_enlarging_nodule=True)
+    assert rules(decision) == ["no_rule_fired"]
 
 
 def test_a_benign_mimic_without_context_or_with_one_feature_stays_routine() -> None:
     looks_benign = probs(vasc=0.9, nv=0.1)
     assert rules(run(looks_benign)) == ["no_rule_fired"]
-    assert rules(run(looks_benign, age=70)) == ["no_rule_fired"]
-    assert rules(run(probs(nv=0.9, vasc=0.1), age=70, asymptomatic=True)) == ["no_rule_fired"]  # naevus: no mimic
+    assert rules(run(looks_benign, age=70, new_or_enlarging_nodule=True)) == ["no_rule_fired"]
+    naevus = probs(nv=0.9, vasc=0.1)  # a naevus call is no mimic
+    assert rules(run(naevus, age=70, asymptomatic=True, new_or_enlarging_nodule=True)) == ["no_rule_fired"]
 
 
 def test_a_bundle_without_a_gate_is_not_image_evidence_for_the_urgent_combination() -> None:
-    decision = run(BENIGN, None, known_neuroendocrine_tumour=True)
+    decision = run(BENIGN, None, known_neuroendocrine_tumour=True, new_or_enlarging_nodule=True)
     assert decision.level == "refer"
     assert "context_and_image_evidence" not in rules(decision)

@@ -65,7 +65,7 @@ def referral_card_html(
     parts.append(f"<h4>Why</h4><ul>{reasons}</ul>")
     if differential:
         parts.append(f"<h4>Consider</h4><ul>{differential}</ul>")
-    parts.append(f"<details><summary>Limits of this model</summary><ul>{limits}</ul></details>")
+    parts.append(f'<h4>Limits of this model</h4><ul class="limits">{limits}</ul>')
     parts.append(f'<p style="font-size:0.9em"><i>{escape(DISCLAIMER)}</i></p></div>')
     return "\n".join(parts)
 

@@ -303,6 +303,20 @@ def predict_command(
         bool, typer.Option("--known-primary-cancer", help="Known internal (non-neuroendocrine) cancer.")
     ] = False,
     prior_mcc: Annotated[bool, typer.Option("--prior-mcc", help="Previous Merkel cell carcinoma.")] = False,
+    new_or_enlarging: Annotated[
+        bool,
+        typer.Option(
+            "--new-or-enlarging",
+            help="A new or enlarging nodule: the AEIOU and known-cancer rules count only for such a lesion.",
+        ),
+    ] = False,
+    fair_skin: Annotated[
+        bool | None,
+        typer.Option(
+            "--fair-skin/--not-fair-skin",
+            help="Skin type, for the U of AEIOU (UV-exposed site on fair skin); not given by default.",
+        ),
+    ] = None,
     saliency_dir: Annotated[
         Path | None, typer.Option("--saliency", help="Write a Grad-CAM overlay PNG per image into this folder.")
     ] = None,
@@ -338,6 +352,8 @@ def predict_command(
             known_neuroendocrine_tumour=known_net,
             known_other_primary_cancer=known_primary,
             prior_mcc=prior_mcc,
+            new_or_enlarging_nodule=new_or_enlarging,
+            fair_skin=fair_skin,
         )
         predictor = Predictor.load(checkpoint)
     except USER_ERRORS as error:
@@ -399,15 +415,25 @@ def guidance_command(
     topic: Annotated[
         list[str] | None, typer.Option("--topic", help="Topic id (repeatable); all topics by default.")
     ] = None,
+    workup: Annotated[
+        str | None,
+        typer.Option(
+            "--workup",
+            help="Only the topics of one work-up pathway, the key a card's differential entry carries "
+            "(e.g. suspected_mcc, metastasis); an unknown key lists the valid ones.",
+        ),
+    ] = None,
     output_format: Annotated[str, typer.Option("--format", help="md or json.")] = "md",
 ) -> None:
     """The diagnostic work-up guidance (biopsy, immunohistochemistry, grading, imaging, ...), with citations."""
-    from skintriage.guidance import GuidanceError, load_guidance, render_markdown, to_json
+    from skintriage.guidance import GuidanceError, load_guidance, render_markdown, to_json, topics_for_differential
 
     if output_format not in ("md", "json"):
         _fail(ValueError(f"--format must be md or json, not {output_format!r}"))
     try:
         kb = load_guidance()
+        if workup is not None:
+            topic = [*(topic or []), *topics_for_differential([workup])]
         if output_format == "json":
             print(json.dumps({"disclaimer": DISCLAIMER, **to_json(kb, topics=topic or None)}, indent=2))
         else:
@@ -415,6 +441,21 @@ def guidance_command(
             print(f"\n_{DISCLAIMER}_")
     except GuidanceError as error:
         _fail(error)
+
+
+@app.command("rules")
+def rules_command(output_format: Annotated[str, typer.Option("--format", help="md or json.")] = "md") -> None:
+    """The referral rules: each rule's id, when it fires and the level it asks for (the README's table)."""
+    from skintriage.referral import rule_conditions, rules_markdown
+
+    if output_format not in ("md", "json"):
+        _fail(ValueError(f"--format must be md or json, not {output_format!r}"))
+    if output_format == "json":
+        rows = [{"rule": r.id, "level": r.level.label, "fires_when": text} for r, text in rule_conditions()]
+        print(json.dumps({"disclaimer": DISCLAIMER, "rules": rows}, indent=2))
+    else:
+        print(rules_markdown(), end="")
+        print(f"\n_{DISCLAIMER}_")
 
 
 @app.command("export")

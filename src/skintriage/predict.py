@@ -98,7 +98,8 @@ class Prediction:
                 "rules": [reason.rule for reason in self.referral.reasons],
             },
             "differential": [
-                {"condition": d.condition, "name": d.name, "why": d.why} for d in self.referral.differential
+                {"condition": d.condition, "name": d.name, "why": d.why, "workup": d.workup}
+                for d in self.referral.differential
             ],
             "guidance_topics": self.guidance_topics,
             "acquisition": None if self.acquisition is None else self.acquisition.to_dict(),
@@ -341,7 +342,7 @@ class Predictor:
                     class_call=self._class_call(p),
                     uncertainty=uncertainty,
                     referral=decision,
-                    guidance_topics=topics_for_differential(d.condition for d in decision.differential),
+                    guidance_topics=topics_for_differential(d.workup for d in decision.differential),
                     heatmap=heatmap,
                     acquisition=used,
                 )

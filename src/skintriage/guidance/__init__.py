@@ -5,18 +5,24 @@ knowledge base is therefore kept as data, not prose in code:
 
 * ``sources.yaml`` lists every citable source. A ``document`` source is one of the copies of public
   web pages in ``../shared/documents`` (named by file, title and publisher); a ``literature`` source is
-  a publication named in ``../shared/clinical_facts.md`` (``via: clinical_facts.md``). Consumer or
-  AI-generated pages carry a ``reliability_note``. For literature, ``title`` is a short description of
-  what the source reports (clinical_facts.md gives no article titles), and ``reference`` is the
-  reference exactly as far as clinical_facts.md gives it.
+  a publication named in the project's clinically reviewed fact sheet ``../shared/clinical_facts.md``
+  (``via: clinical_facts.md``), with ``reference`` exactly as far as the fact sheet gives it (and the
+  PMID where it gives one). Statements the fact sheet makes without naming a publication cite a
+  ``CF-...`` entry that says so. Consumer or AI-generated pages carry a ``reliability_note``.
+  ``file`` and ``via`` are provenance for tests and audits only: what a clinician sees (``label``) is
+  publisher and title for a page and the reference (+ PMID) for literature, never a file name.
 * ``topics/NN_<id>.yaml`` holds one topic each, read in file-name order (the display order). A topic
   has a one- or two-sentence ``audience_summary``, ``facts`` (each with ``citations``), optional
   ``tables`` (each row with ``citations``) and ``related`` topic ids.
+* ``DIFFERENTIAL_TOPICS`` maps each work-up pathway that the referral engine emits for a differential
+  entry (``skintriage.referral.WORKUPS``, plus ``benign``) to the topics shown for it.
 
 The text is the project's own wording: facts and figures come from the sources with a citation, their
-sentences do not (``tests/test_guidance.py`` checks for copied word runs). Loading validates the data
-and fails loudly, naming the file and the topic/fact, because a silently dropped citation would turn a
-sourced statement into an unsourced one.
+sentences do not (``tests/test_guidance.py`` checks for copied word runs, and that every number quoted
+appears in the fact sheet or in a cited page). Where sources disagree the fact says so, and advice found
+only on a weak source (the AI-generated Dr.Oracle page, consumer pages) is reported as what that page
+says, not as a recommendation. Loading validates the data and fails loudly, naming the file and the
+topic/fact, because a silently dropped citation would turn a sourced statement into an unsourced one.
 """
 
 from __future__ import annotations
@@ -56,20 +62,34 @@ NOTE = (
     "and local guidelines take precedence."
 )
 
-# Which topics the app shows for each entry of a lesion's differential (the triage groups of
-# skintriage.taxonomy plus "cannot_assess"). Order matters: it is the display order. "benign" shows
-# no work-up guidance, but is accepted so that any triage group can be passed.
+# Which topics the app shows for each work-up pathway of a lesion's differential (one pathway per
+# differential entry, as skintriage.referral emits them). Order matters: it is the display order. The
+# neuroendocrine tests (biochemistry, somatostatin-receptor imaging) and NET grading appear only for a
+# known or suspected neuroendocrine tumour; "benign" shows no work-up guidance, but is accepted so that
+# any triage outcome can be passed.
+_METASTASIS = ("biopsy", "metastasis_workup", "cutaneous_metastasis")
 DIFFERENTIAL_TOPICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "mcc": ("aeiou", "biopsy", "immunohistochemistry", "nodal_staging", "pitfalls"),
-        "cutaneous_metastasis": (
+        "suspected_mcc": (
+            "aeiou",
+            "mcc_epidemiology",
             "biopsy",
+            "mcc_biopsy_and_referral",
             "immunohistochemistry",
+            "mcc_staging",
+            "nodal_staging",
+            "pitfalls",
+        ),
+        "mcc_recurrence": ("mcc_recurrence", "biopsy", "immunohistochemistry", "pitfalls"),
+        "metastasis": _METASTASIS,
+        "neuroendocrine_metastasis": (
+            *_METASTASIS,
+            "immunohistochemistry",
+            "pitfalls",
             "grading",
             "biochemistry",
-            "imaging",
-            "pitfalls",
-            "cutaneous_metastasis",
+            "net_imaging",
+            "skin_signs_of_net",
         ),
         "other_malignant": ("biopsy",),
         "cannot_assess": ("biopsy",),
@@ -78,6 +98,9 @@ DIFFERENTIAL_TOPICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 SOURCE_KINDS = ("document", "literature")
+# Internal names that must never reach a clinician: the fact sheet's file name and the copied pages'
+# file names (NNN_<16 hex digits>.txt). Checked on every field that is rendered.
+_INTERNAL_NAME = re.compile(r"clinical_facts\.md|\b\d{3}_[0-9a-f]{16}\.txt\b", re.IGNORECASE)
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _TOPIC_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -103,9 +126,12 @@ class Source:
 
     @property
     def label(self) -> str:
-        """A one-line human-readable citation: publisher, title and file for a page; reference and PMID otherwise."""
+        """A one-line citation for clinicians: publisher and title for a page; reference and PMID otherwise.
+
+        Never the internal file name or the fact sheet it came through (those stay in ``file``/``via``).
+        """
         if self.kind == "document":
-            return f'{self.publisher}: "{self.title}" (file {self.file})'
+            return f'{self.publisher}: "{self.title}" (web page)'
         pmid = f", PMID {self.pmid}" if self.pmid else ""
         return f"{self.reference}{pmid}"
 
@@ -216,6 +242,17 @@ def _text(value: Any, where: str, field: str, *, required: bool = True) -> str |
     return text
 
 
+def _shown(value: Any, where: str, field: str, *, required: bool = True) -> str | None:
+    """Like ``_text``, for a field that is rendered to clinicians: it may not name an internal file."""
+    text = _text(value, where, field, required=required)
+    if text is not None and (found := _INTERNAL_NAME.search(text)):
+        raise GuidanceError(
+            f"{where}: field {field!r} names the internal file {found.group(0)!r}, which clinicians must not "
+            "see; cite the source by id and keep file names in the source's 'file'/'via' fields"
+        )
+    return text
+
+
 def _check_fields(entry: Any, allowed: set[str], where: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise GuidanceError(f"{where}: expected a mapping, got {type(entry).__name__}")
@@ -247,14 +284,14 @@ def _load_sources(path: Path) -> dict[str, Source]:
         source = Source(
             id=source_id,
             kind=kind,
-            title=_text(entry.get("title"), where, "title") or "",
-            publisher=_text(entry.get("publisher"), where, "publisher", required=is_document),
+            title=_shown(entry.get("title"), where, "title") or "",
+            publisher=_shown(entry.get("publisher"), where, "publisher", required=is_document),
             file=_text(entry.get("file"), where, "file", required=is_document),
-            reference=_text(entry.get("reference"), where, "reference", required=not is_document),
+            reference=_shown(entry.get("reference"), where, "reference", required=not is_document),
             pmid=_text(entry.get("pmid"), where, "pmid", required=False),
             url=_text(entry.get("url"), where, "url", required=False),
             via=_text(entry.get("via"), where, "via", required=not is_document),
-            reliability_note=_text(entry.get("reliability_note"), where, "reliability_note", required=False),
+            reliability_note=_shown(entry.get("reliability_note"), where, "reliability_note", required=False),
         )
         if source.pmid is not None and not source.pmid.isdigit():
             raise GuidanceError(f"{where}: pmid must be digits, got {source.pmid!r}")
@@ -284,11 +321,11 @@ def _citations(value: Any, where: str, sources: Mapping[str, Source]) -> tuple[s
 
 def _load_table(raw: Any, where: str, sources: Mapping[str, Source]) -> Table:
     entry = _check_fields(raw, {"title", "columns", "rows"}, where)
-    title = _text(entry.get("title"), where, "title") or ""
+    title = _shown(entry.get("title"), where, "title") or ""
     columns_raw = entry.get("columns")
     if not isinstance(columns_raw, list) or len(columns_raw) < 2:
         raise GuidanceError(f"{where}: 'columns' must be a list of at least two column names")
-    columns = tuple(_text(c, where, "columns") or "" for c in columns_raw)
+    columns = tuple(_shown(c, where, "columns") or "" for c in columns_raw)
     rows_raw = entry.get("rows")
     if not isinstance(rows_raw, list) or not rows_raw:
         raise GuidanceError(f"{where}: missing field 'rows' (a non-empty list)")
@@ -303,7 +340,7 @@ def _load_table(raw: Any, where: str, sources: Mapping[str, Source]) -> Table:
             raise GuidanceError(
                 f"{row_where}: has {len(cells_raw)} cells but the table has {len(columns)} columns {list(columns)}"
             )
-        cells = tuple(_text(c, row_where, "cells") or "" for c in cells_raw)
+        cells = tuple(_shown(c, row_where, "cells") or "" for c in cells_raw)
         rows.append(TableRow(cells=cells, citations=_citations(row.get("citations"), row_where, sources)))
     return Table(title=title, columns=columns, rows=tuple(rows))
 
@@ -316,8 +353,8 @@ def _load_topic(path: Path, sources: Mapping[str, Source]) -> Topic:
     where = f"{path}: topic {topic_id!r}"
     if not _TOPIC_ID_PATTERN.match(topic_id):
         raise GuidanceError(f"{where}: topic id must be snake_case")
-    title = _text(entry.get("title"), where, "title") or ""
-    summary = _text(entry.get("audience_summary"), where, "audience_summary") or ""
+    title = _shown(entry.get("title"), where, "title") or ""
+    summary = _shown(entry.get("audience_summary"), where, "audience_summary") or ""
     facts_raw = entry.get("facts")
     if not isinstance(facts_raw, list) or not facts_raw:
         raise GuidanceError(f"{where}: missing field 'facts' (a non-empty list)")
@@ -325,7 +362,7 @@ def _load_topic(path: Path, sources: Mapping[str, Source]) -> Topic:
     for index, fact_raw in enumerate(facts_raw, start=1):
         fact_where = f"{where}, fact {index}"
         fact = _check_fields(fact_raw, {"text", "citations"}, fact_where)
-        text = _text(fact.get("text"), fact_where, "text") or ""
+        text = _shown(fact.get("text"), fact_where, "text") or ""
         facts.append(Fact(text=text, citations=_citations(fact.get("citations"), fact_where, sources)))
     tables_raw = entry.get("tables") or []
     if not isinstance(tables_raw, list):
@@ -381,21 +418,22 @@ def _select(kb: KnowledgeBase, topics: Sequence[str] | None) -> list[Topic]:
     return [kb.topics[t] for t in dict.fromkeys(topics)]
 
 
-def topics_for_differential(differential: Iterable[str]) -> list[str]:
+def topics_for_differential(workups: Iterable[str]) -> list[str]:
     """The topic ids to show for a lesion's differential, in display order without duplicates.
 
-    Kept as data (``DIFFERENTIAL_TOPICS``) so the clinical choice of what to show is reviewable in one
-    place; an unknown differential entry is an error rather than silently showing nothing.
+    ``workups`` holds the work-up pathway key of each differential entry (``suspected_mcc``,
+    ``mcc_recurrence``, ``metastasis``, ``neuroendocrine_metastasis``, ``other_malignant``,
+    ``cannot_assess`` or ``benign``; a single key may be passed as a string). Kept as data
+    (``DIFFERENTIAL_TOPICS``) so the clinical choice of what to show is reviewable in one place; an
+    unknown key is an error rather than silently showing nothing.
     """
-    if isinstance(differential, str):
-        differential = [differential]
+    if isinstance(workups, str):
+        workups = [workups]
     chosen: dict[str, None] = {}
-    for entry in differential:
+    for entry in workups:
         key = str(entry).strip().lower()
         if key not in DIFFERENTIAL_TOPICS:
-            raise GuidanceError(
-                f"unknown differential entry {entry!r}; valid entries: {', '.join(DIFFERENTIAL_TOPICS)}"
-            )
+            raise GuidanceError(f"unknown work-up pathway {entry!r}; valid pathways: {', '.join(DIFFERENTIAL_TOPICS)}")
         chosen.update(dict.fromkeys(DIFFERENTIAL_TOPICS[key]))
     known = load_guidance().topics
     missing = [t for t in chosen if t not in known]
@@ -416,8 +454,9 @@ def render_markdown(kb: KnowledgeBase, *, topics: Sequence[str] | None = None, i
     """Render topics as Markdown for the guidance panel and reports.
 
     Every bullet and table row ends with its citation markers (the source ids, e.g. ``[Heath2008]``),
-    and the Sources section resolves each marker to a file name and title or a reference and PMID, so a
-    reader can check any statement. Unknown topic ids raise ``GuidanceError`` listing the valid ones.
+    and the Sources section resolves each marker to the page's publisher and title or the publication's
+    reference and PMID (never an internal file name), with any reliability note, so a reader can check
+    any statement. Unknown topic ids raise ``GuidanceError`` listing the valid ones.
     """
     chosen = _select(kb, topics)
     lines: list[str] = [f"> {NOTE}", ""]
@@ -442,8 +481,6 @@ def render_markdown(kb: KnowledgeBase, *, topics: Sequence[str] | None = None, i
             line = f"- [{source.id}] {source.label}"
             if source.url:
                 line += f" <{source.url}>"
-            if source.via:
-                line += f" (via {source.via})"
             if source.reliability_note:
                 line += f". Note: {source.reliability_note}"
             lines.append(line)
@@ -452,18 +489,19 @@ def render_markdown(kb: KnowledgeBase, *, topics: Sequence[str] | None = None, i
 
 
 def _source_json(source: Source) -> dict[str, Any]:
+    # Everything but "provenance" may be shown to a clinician; "provenance" (the copied page's file
+    # name, or the fact sheet a publication was taken from) is for audits and is not for display.
     return {
         "id": source.id,
         "kind": source.kind,
         "title": source.title,
         "publisher": source.publisher,
-        "file": source.file,
         "reference": source.reference,
         "pmid": source.pmid,
         "url": source.url,
-        "via": source.via,
         "reliability_note": source.reliability_note,
         "label": source.label,
+        "provenance": {"file": source.file, "via": source.via},
     }
 
 
@@ -471,7 +509,8 @@ def to_json(kb: KnowledgeBase, *, topics: Sequence[str] | None = None) -> dict[s
     """A JSON-safe dict of the chosen topics (all by default) for the web app and API.
 
     Each citation is resolved to its id and one-line label so a client can show it without a second
-    lookup; ``sources`` holds the full entries of the sources those topics cite.
+    lookup; ``sources`` holds the full entries of the sources those topics cite. Only a source's
+    ``provenance`` (file name, fact sheet) names internal files, and it is not meant for display.
     """
     chosen = _select(kb, topics)
 
