@@ -240,12 +240,12 @@ def stacked_bars(ax, names: list[str], table: list[dict[str, float]], title: str
 
 
 def write_plots(predictor: Predictor, sets: list[ImageSet], scenarios: list[dict]) -> None:
-    fig = Figure(figsize=(7, 3.2))
+    fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
     stacked_bars(ax, [s.name for s in sets], [shares(np.array([p.referral.level for p in s.predictions]))
                                                for s in sets], "Referral level without clinical context")  # fmt: skip
     ax.set_xlabel("share of images")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(HERE / "levels.png", dpi=120)
 
@@ -258,14 +258,14 @@ def write_plots(predictor: Predictor, sets: list[ImageSet], scenarios: list[dict
             n = picked[0]["n_images"] if picked else 0
             stacked_bars(ax, [r["scenario"] for r in picked], [r["share"] for r in picked],
                          f"test, {acquisition}, {truth} (n={n})")  # fmt: skip
-    axes[0][0].legend(loc="lower right", fontsize=8)
+    axes[0][0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.08), ncol=3, fontsize=8, frameon=False)
     for ax in axes[1]:
         ax.set_xlabel("share of images at each level")
     fig.suptitle("The same test images under each clinical-context scenario", fontsize=10)
     fig.tight_layout()
     fig.savefig(HERE / "scenarios.png", dpi=120)
 
-    fig = Figure(figsize=(7, 3.2))
+    fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
     threshold = sets[0].predictions[0].uncertainty.ood_threshold
     for image_set in sets:
