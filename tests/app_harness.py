@@ -351,10 +351,13 @@ def json_value(page: Page, elem_id: str) -> Any:
     return json.loads(page.locator(f"#{elem_id} .json-holder").text_content() or "null")
 
 
-def label_value(page: Page, elem_id: str) -> tuple[str, dict[str, str]]:
-    """The `gr.Label` with `elem_id`: its headline class and the confidence shown for each class, e.g. `'70%'`."""
+def label_value(page: Page, elem_id: str) -> tuple[str | None, dict[str, str]]:
+    """The `gr.Label` with `elem_id`: its headline class (None when it shows none: `show_heading=False`) and the
+    confidence shown for each class, e.g. `'70%'`."""
     root = page.locator(f"#{elem_id}")
-    headline = root.locator("[data-testid=label-output-value]").inner_text()
+    root.locator(".confidence-set").first.wait_for()
+    heading = root.locator("[data-testid=label-output-value]")
+    headline = heading.inner_text() if heading.count() else None
     rows = root.locator(".confidence-set").evaluate_all(
         "sets => sets.map(s => [s.querySelector('dt').innerText, s.querySelector('dd').innerText])"
     )

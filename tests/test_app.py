@@ -9,6 +9,7 @@ import io
 import os
 import re
 import shutil
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 ISIC_TEST = SHARED_DATA / "ham10000_isic2018_224" / "images" / "isic2018_test"
-MELANOMA = "ISIC_0034529.jpg"  # ground truth mel in the official test labels
+MELANOMA = "ISIC_0034548.jpg"  # ground truth mel in the official test labels, not in the demo's example gallery
 NAEVUS = "ISIC_0034524.jpg"  # ground truth nv; the example gallery's image (uploads differ from it)
 
 
@@ -56,8 +57,21 @@ def app_session(tmp_path_factory):
         image = lesion_photo(root / "lesion.jpg")
         Image.open(image).rotate(90, expand=True).save(examples / "example.jpg")
     cache = root / "gradio-cache"
-    with running_app(["--examples", str(examples)], cwd=REPO, env={"GRADIO_TEMP_DIR": str(cache)}) as url:
+    # with the shared data: the demo's own labelled gallery (clinical and dermoscopic test images); without: a folder
+    gallery = [] if ISIC_TEST.is_dir() else ["--examples", str(examples)]
+    with running_app(gallery, cwd=REPO, env={"GRADIO_TEMP_DIR": str(cache)}) as url:
         yield url, cache, examples, Path(image)
+
+
+@pytest.fixture(scope="module")
+def clinical_photo(tmp_path_factory) -> Path:
+    """A clinical (camera) photo: a DermNet held-out test image from the demo's example list, else a stand-in."""
+    from skintriage.examples import DEFAULT_LIST, read_examples
+
+    clinical = [e.path for e in read_examples(DEFAULT_LIST, SHARED_DATA) if e.acquisition == "clinical"]
+    if clinical:
+        return Path(shutil.copy(clinical[0], tmp_path_factory.mktemp("clinical") / "clinical_photo.jpg"))
+    return lesion_photo(tmp_path_factory.mktemp("clinical") / "clinical_photo.jpg")  # 320x240: landscape
 
 
 def save_screenshot(page, tmp_path: Path, name: str) -> Path:
@@ -78,7 +92,7 @@ def test_triage_api_returns_the_referral_card_and_guidance(app_session):
 
     url, cache, _, image = app_session
     client = Client(url, verbose=False)
-    card, label, overlay, saliency_note, guidance, raw = client.predict(
+    card, label, overlay, guidance, raw = client.predict(
         handle_file(str(image)),
         72,
         "face",
@@ -98,9 +112,12 @@ def test_triage_api_returns_the_referral_card_and_guidance(app_session):
     # the same decision rendered, the guidance for an MCC differential, the saliency overlay
     assert f'data-level="{raw["referral"]["level"]}"' in card
     assert "not a medical device" in card
-    assert "Immunohistochemistry" in guidance and "CK20" in guidance and "## Sources" in guidance
+    assert "Immunohistochemistry" in guidance and "CK20" in guidance and 'class="guidance-sources"' in guidance
+    assert guidance.count("<details") >= 4 and "<details open" not in guidance  # the topics, collapsed
     assert label["label"] and len(label["confidences"]) == 5
-    assert saliency_note.startswith("Grad-CAM") and raw["saliency"] == saliency_note
+    assert raw["saliency"].startswith("Grad-CAM") and escape(raw["saliency"]) in overlay  # note under the overlay
+    assert raw["triage_probabilities"]["mcc"] is None and raw["triage_probabilities"]["cutaneous_metastasis"] is None
+    assert "no class for them" in raw["triage_probabilities_note"]
     # the overlay comes inside the HTML (a data: URI), never as a file in the server's cache
     encoded = re.match(r'<img src="data:image/webp;base64,([A-Za-z0-9+/=]+)"', overlay)
     assert encoded, overlay[:200]
@@ -108,6 +125,31 @@ def test_triage_api_returns_the_referral_card_and_guidance(app_session):
         assert shown.size == original.size
     # the upload is gone from the server's upload cache once read
     assert not [p for p in cache.rglob(image.name)], "the uploaded image was left in the upload cache"
+
+
+def test_triage_api_needs_only_the_image_as_the_readme_shows(app_session):
+    from gradio_client import Client, handle_file
+
+    url, _, _, image = app_session
+    client = Client(url, verbose=False)
+    *_, raw = client.predict(handle_file(str(image)), api_name="/triage")  # the README's call, as written
+    assert raw["referral"]["level"] in {"urgent", "refer", "routine"} and raw["acquisition"]["chosen_by"] == "model"
+    named = client.predict(
+        image_path=handle_file(str(image)),
+        age=80,
+        site="scalp",
+        flags=["New or enlarging nodule", "Immune suppression"],
+        photo_type="clinical",
+        skin="fair",
+        api_name="/triage",
+    )
+    assert "aeiou_features" in named[-1]["referral"]["rules"]  # new nodule, I, O, U on fair skin
+    assert named[-1]["acquisition"]["kind"] == "clinical"
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/triage"]
+    assert [p["parameter_has_default"] for p in info["parameters"]] == [False, True, True, True, True, True]
+    labels = [r["label"] for r in info["returns"]]
+    assert labels[0] == "Referral card" and labels[-1] == "Card data (JSON)"
+    assert not [label for label in labels if label.startswith("value_")]
 
 
 def test_triage_api_takes_an_optional_photo_type_and_the_card_shows_it(app_session):
@@ -133,31 +175,60 @@ def test_triage_api_refuses_a_missing_image_with_a_message(app_session):
         client.predict(None, None, None, [], api_name="/triage")
 
 
-def test_browser_triage_shows_the_referral_card(app_session, tmp_path):
+def in_viewport(page, selector: str) -> bool:
+    return page.locator(selector).evaluate(
+        "e => { const r = e.getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight; }"
+    )
+
+
+@pytest.mark.parametrize("kind", ["dermoscopic", "clinical"])
+def test_browser_triage_shows_one_decision_in_view(app_session, clinical_photo, tmp_path, kind):
     require_chromium()
-    url, _, _, image = app_session
+    url, _, _, dermoscopic = app_session
+    image = dermoscopic if kind == "dermoscopic" else clinical_photo
     with chromium_browser() as browser, browser_page(browser) as page:
         open_app(page, url, ready_elem_id="upload")
+        age = page.get_by_label("Age (years)").first
+        assert age.input_value() == ""  # empty, not "0": an empty box must not read as an age
+        if ISIC_TEST.is_dir():  # the labelled gallery: both photo types, each with its diagnosis
+            gallery = page.get_by_text("Examples: held-out test images").locator("xpath=../..").inner_text()
+            assert "Clinical photo: Basal cell carcinoma" in gallery and "Dermoscopic image: Melanoma" in gallery
         upload_image(page, "upload", image)
-        page.get_by_label("Age (years)").first.fill("72")
         page.get_by_label("Asymptomatic (not tender)").first.check()
+        page.get_by_label("New or enlarging nodule").first.check()
+        page.locator("#assess").scroll_into_view_if_needed()
         page.click("#assess")
-        card = wait_for_text(page, "referral-card", "Why", timeout_ms=60_000)
-        level = page.locator("#referral-card [data-testid=referral-level]").inner_text()
-        assert level in {"URGENT REFERRAL", "REFER", "ROUTINE REVIEW"}
-        assert "Malignancy probability" in card and "not a medical device" in card
+        card = wait_for_text(page, "referral-card", "Why this level", timeout_ms=60_000)
+        level = page.locator("#referral-card [data-testid=referral-level]")
+        assert level.inner_text() in {"URGENT REFERRAL", "REFER", "ROUTINE REVIEW"}
+        # the decision is in view after Assess, although the button sits below the form
+        page.wait_for_function(
+            "() => { const r = document.querySelector('#referral-card [data-testid=referral-level]')"
+            ".getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight; }",
+            timeout=10_000,
+        )
+        assert in_viewport(page, "#referral-card [data-testid=referral-level]")
+        assert "How far to trust this answer" in card and "held out for validation" in card
+        assert "not a medical device" in card and "adjusted for class frequency" not in card
         headline, shown = label_value(page, "probabilities")
-        assert headline in shown and len(shown) == 5
+        assert headline is None and len(shown) == 5  # one headline on the page: the card's level
         overlay = page.locator("#saliency img")
         overlay.wait_for()
         assert overlay.get_attribute("src").startswith("data:image/webp;base64,")
         assert overlay.evaluate("img => img.complete && img.naturalWidth > 0")
+        legend = page.locator("#saliency .saliency-legend").inner_text()
+        assert "raised the malignancy probability" in legend
+        with Image.open(image) as photo:
+            assert ("Faded: outside the central square" in legend) == (photo.width != photo.height)
+        topics = page.locator("#guidance details")
+        assert topics.count() >= 1 and page.locator("#guidance details[open]").count() == 0  # collapsed
         page.get_by_text("Raw output (JSON)").click()
         page.locator("#triage-json .json-holder").wait_for()
         raw = json_value(page, "triage-json")
-        assert raw["referral"]["level"] in level.lower()
+        assert raw["referral"]["level"] in level.inner_text().lower()
         assert raw["referral"]["reasons"][0] in card
-        save_screenshot(page, tmp_path, "demo_triage.png")
+        page.locator("#referral-card").scroll_into_view_if_needed()
+        save_screenshot(page, tmp_path, f"demo_triage_{kind}.png")
 
 
 def test_browser_referral_criteria_tab_reacts_to_context(app_session, tmp_path):
@@ -167,6 +238,14 @@ def test_browser_referral_criteria_tab_reacts_to_context(app_session, tmp_path):
         open_app(page, url, ready_elem_id="upload")
         page.get_by_role("tab", name="Referral criteria").click()
         wait_for_text(page, "criteria-card", "ROUTINE REVIEW")  # half the threshold, no context: nothing fires
+        assert page.get_by_label("Age (years)").last.input_value() == ""  # the criteria tab's own box, empty too
+        scale = page.locator("#threshold-scale .threshold-scale")
+        assert float(scale.get_attribute("data-referral")) < float(scale.get_attribute("data-urgent"))
+        assert "refer from" in scale.inner_text()
+        page.get_by_label("clinical").last.check()  # the clinical thresholds: the marks move
+        page.wait_for_function(
+            "() => document.querySelector('#threshold-scale').innerText.startsWith('clinical thresholds')"
+        )
         page.get_by_label("Previous Merkel cell carcinoma").last.check()  # the criteria tab's own checkbox
         text = wait_for_text(page, "criteria-card", "URGENT REFERRAL")
         assert "recurrence" in text
@@ -185,4 +264,6 @@ def test_browser_workup_guide_and_model_card_tabs(app_session, tmp_path):
         save_screenshot(page, tmp_path, "demo_workup_guide.png")
         page.get_by_role("tab", name="About the model").click()
         card = wait_for_text(page, "model-card", "Merkel")
+        assert "About the model: EfficientNet-Lite0 (ImageNet-pretrained" in card  # a title a person reads
         assert "isic2018_test" in card and "balanced accuracy" in card
+        save_screenshot(page, tmp_path, "demo_model_card.png")

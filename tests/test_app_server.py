@@ -29,6 +29,21 @@ PATIENT = "patient_jane_doe_1957"
 AGE, SITE = 83, "scalp"
 FLAGS = ["Immune suppression", "Known other internal cancer"]
 MAX_UPLOAD_MB = 1
+# name -> (age, site, findings, photo type, skin type), one bad value each, and the start of the project's message
+BAD_VALUES = {
+    "bad_site": (AGE, "elbow_pit_of_jane", [], "auto", "not given"),
+    "bad_finding": (AGE, SITE, ["itchy_jane_doe"], "auto", "not given"),
+    "bad_photo_type": (AGE, SITE, [], "xray_of_jane", "not given"),
+    "bad_skin": (AGE, SITE, [], "auto", "olive_jane"),
+    "bad_age": ("seventy_jane", SITE, [], "auto", "not given"),
+}
+BAD_MESSAGES = {
+    "bad_site": "unknown body site 'elbow_pit_of_jane'; use one of: ",
+    "bad_finding": "unknown finding 'itchy_jane_doe'; choose from: ",
+    "bad_photo_type": "acquisition must be one of auto, dermoscopic, clinical, not 'xray_of_jane'",
+    "bad_skin": "unknown skin type 'olive_jane'; choose from: ",
+    "bad_age": "age must be a number of years, not 'seventy_jane'",
+}
 DATA_URI = re.compile(r'<img src="data:image/webp;base64,([A-Za-z0-9+/=]+)"')
 
 
@@ -87,10 +102,12 @@ def run_session(session: Session) -> None:
         "example": (session.example, None, None, []),
         "notes": (notes, AGE, SITE, FLAGS),
         "age_150": (jpeg, 150, SITE, []),
+        # values no widget offers, sent through the API: each refused in the project's words (test below)
+        **{name: (jpeg, *arguments) for name, arguments in BAD_VALUES.items()},
     }
-    for name, (path, age, site, flags) in calls.items():
+    for name, (path, *arguments) in calls.items():
         try:
-            session.results[name] = client.predict(handle_file(str(path)), age, site, flags, api_name="/triage")
+            session.results[name] = client.predict(handle_file(str(path)), *arguments, api_name="/triage")
         except AppError as error:
             session.refusals[name] = str(error)
 
@@ -113,10 +130,18 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
 def test_triage_results_and_clear_refusals(session: Session):
     assert set(session.results) == {"jpeg", "jpeg_again", "png", "example"}, session.refusals
     for outputs in session.results.values():
-        assert outputs[5]["referral"]["level"] in {"routine", "refer", "urgent"}
+        assert outputs[4]["referral"]["level"] in {"routine", "refer", "urgent"}
     assert session.refusals["notes"].startswith(f"{PATIENT}_notes.jpg: ")  # the user's own file name, to them
     assert "image" in session.refusals["notes"]
     assert session.refusals["age_150"] == "age must be between 0 and 120 years, not 150"
+
+
+def test_values_no_widget_offers_are_refused_in_the_projects_words(session: Session):
+    """Through the API, a site, finding, photo type, skin type or age outside the widgets' values: the project's
+    message (not Gradio's "Value: ... is not in the list of choices"); the log and the cache are checked below."""
+    for name, message in BAD_MESSAGES.items():
+        assert session.refusals[name].startswith(message), (name, session.refusals.get(name))
+        assert "is not in the list of choices" not in session.refusals[name]
 
 
 def test_overlay_comes_inline_at_the_photos_size(session: Session):
@@ -245,5 +270,6 @@ def test_log_names_no_file_and_no_context(session: Session):
     assert "Running on local URL:  http://127.0.0.1:" in log  # the log was captured
     assert PATIENT not in log and "jane" not in log.lower() and "1957" not in log
     assert not re.search(rf"\b({AGE}|150)\b", log), log
+    assert "jane" not in log.lower() and "seventy" not in log  # the bad values too
     for value in (SITE, *FLAGS, "/gradio_api/file=", "/gradio_api/upload", "Traceback"):
         assert value.lower() not in log.lower(), value

@@ -325,7 +325,7 @@ def test_the_heatmap_lands_where_the_preset_took_its_pixels(size: tuple[int, int
     assert error.mean() < 0.03  # a crop offset of even a few pixels gives about 0.1
 
 
-def test_overlay_keeps_the_size_colours_the_hot_spot_and_leaves_the_rest_untouched() -> None:
+def test_overlay_colours_the_hot_spot_keeps_cold_parts_and_fades_what_the_model_did_not_see() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(60, 200, size=(200, 300, 3), dtype=np.uint8)  # 300 wide, 200 high
     image = Image.fromarray(pixels)
@@ -333,23 +333,27 @@ def test_overlay_keeps_the_size_colours_the_hot_spot_and_leaves_the_rest_untouch
     heatmap[48:80, 48:80] = 1.0  # the middle of what the model saw
 
     for crop_fraction in (1.0, 0.8):
-        drawn = overlay(image, heatmap, crop_fraction=crop_fraction, alpha=0.5)
+        drawn = overlay(image, heatmap, crop_fraction=crop_fraction, alpha=0.5, outside_fade=0.6)
         out = np.asarray(drawn).astype(int)
         assert drawn.size == image.size and drawn.mode == "RGB"
         left, top, right, bottom = (round(v) for v in crop_box(image.size, input_size=128, crop_fraction=crop_fraction))
         outside = np.ones((200, 300), dtype=bool)
         outside[top:bottom, left:right] = False
-        np.testing.assert_array_equal(out[outside], pixels[outside])
+        # outside the crop: faded towards grey 200, by 0.6
+        np.testing.assert_allclose(out[outside], np.rint(0.4 * pixels[outside] + 0.6 * 200), atol=1)
         # the hot spot is blended with inferno's brightest colour (pale yellow, about (252, 255, 164))
         hot = out[100, 150] - 0.5 * pixels[100, 150]
         np.testing.assert_allclose(hot, 0.5 * np.array([252, 255, 164]), atol=3)
-        # cold parts of the crop are blended with black: darker, not tinted
-        cold = out[top + 2, left + 2]
-        np.testing.assert_allclose(cold, np.rint(0.5 * pixels[top + 2, left + 2] + 0.5 * np.array([0, 0, 4])), atol=2)
+        # cold parts of the crop keep their own colours: not darkened, not tinted
+        np.testing.assert_array_equal(out[top + 2, left + 2], pixels[top + 2, left + 2])
 
-    assert np.asarray(overlay(image, heatmap, alpha=0.0)).tolist() == pixels.tolist()
+    empty = np.asarray(overlay(image, np.zeros((128, 128), np.float32), outside_fade=0.0))
+    assert empty.tolist() == pixels.tolist()  # nothing raised the score: the photo as it was, no dark square
+    assert np.asarray(overlay(image, heatmap, alpha=0.0, outside_fade=0.0)).tolist() == pixels.tolist()
     gray = overlay(image.convert("L"), heatmap)
     assert gray.mode == "RGB" and gray.size == (300, 200)
+    with pytest.raises(ValueError, match="outside_fade"):
+        overlay(image, heatmap, outside_fade=1.5)
 
 
 # ---------------------------------------------------------------------------------------------------

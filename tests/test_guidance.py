@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from skintriage.guidance import (
     DIFFERENTIAL_TOPICS,
     GUIDANCE_DIR,
+    NOTE,
     GuidanceError,
     KnowledgeBase,
     load_guidance,
+    render_collapsible_html,
     render_markdown,
     to_json,
+    topic_anchor,
     topic_ids,
     topics_for_differential,
 )
@@ -548,7 +554,7 @@ def test_markdown_has_note_every_topic_and_the_cited_sources(kb):
     assert "## Sources" in text
     sources_part = text.split("## Sources", 1)[1]
     for source in kb.sources.values():
-        assert f"[{source.id}]" in sources_part
+        assert f"**[{source.cite}]**" in sources_part  # each marker resolved in the list, under the same name
         if source.kind == "document":
             assert f'{source.publisher}: "{source.title}"' in sources_part
         else:
@@ -584,8 +590,264 @@ def test_rendered_text_names_no_internal_files(kb):
 def test_markdown_for_a_subset_lists_only_its_sources(kb):
     text = render_markdown(kb, topics=["grading"])
     assert f"## {kb.topics['grading'].title}" in text and "## Nodal staging" not in text
-    assert "[Heath2008]" not in text and "[iMedic]" in text and "[Nagtegaal2020]" in text
+    assert f"[{kb.sources['Heath2008'].cite}]" not in text
+    assert "[iMedic (consumer guide), 'Neuroendocrine Tumors (NET)']" in text
+    assert "[Nagtegaal et al., Histopathology 2020]" in text
     assert "## Sources" not in render_markdown(kb, topics=["grading"], include_sources=False)
+
+
+# --- citation names a clinician recognises
+
+
+def test_citation_markers_use_recognisable_names_not_source_ids(kb):
+    assert kb.sources["Heath2008"].cite == "Heath et al., J Am Acad Dermatol 2008"
+    assert kb.sources["NECA-skin"].cite == "NeuroEndocrine Cancer Australia (NECA), 'Skin Changes and NETs'"
+    assert kb.sources["CF-biopsy"].cite == "Clinical review 2026 (fact sheet): biopsy"
+    assert kb.sources["DrOracle"].cite.startswith("Dr.Oracle (AI-generated")  # the caveat travels with the marker
+    cites = [source.cite for source in kb.sources.values()]
+    assert len(set(cites)) == len(cites)  # a marker names one source
+    for source in kb.sources.values():
+        if source.id.startswith("CF-"):
+            assert source.cite.startswith("Clinical review 2026 (fact sheet): "), source.id
+        elif source.kind == "literature":
+            assert source.reference and source.reference.startswith(source.cite), source.id
+        assert "CF-" not in source.cite and not INTERNAL_NAMES.search(source.cite)
+    every = list(kb.topics)
+    for text in (render_markdown(kb), render_collapsible_html(kb, every)):
+        assert "CF-" not in text
+        for source in kb.sources.values():
+            assert f"[{source.id}]" not in text or f"[{source.id}]" == f"[{source.cite}]", source.id
+    # A fact's markers, in the order of its citations.
+    fact = kb.topics["mcc_epidemiology"].facts[2]
+    assert fact.citations == ("CF-mcc-background", "Heath2008")
+    assert (
+        f"{fact.text} [Clinical review 2026 (fact sheet): MCC background] [Heath et al., J Am Acad Dermatol 2008]"
+        in render_markdown(kb)
+    )
+    # JSON clients get the same name next to the id.
+    data = to_json(kb, topics=["biopsy"])
+    assert data["topics"][0]["facts"][0]["citations"][0] == {
+        "id": "CF-biopsy",
+        "cite": "Clinical review 2026 (fact sheet): biopsy",
+        "label": kb.sources["CF-biopsy"].label,
+    }
+    assert data["sources"]["CF-biopsy"]["cite"] == "Clinical review 2026 (fact sheet): biopsy"
+
+
+# --- the linked full guide: table of contents, anchors, "See also" links
+
+MD_LINK = re.compile(r"(?<!\\)\[((?:\\.|[^\]\\])*)\]\(#([^)\s]+)\)")
+MD_ANCHOR = re.compile(r'^<a id="([^"]+)"></a>$', re.MULTILINE)
+
+
+def test_full_guide_starts_with_a_table_of_contents_linking_every_topic(kb):
+    text = render_markdown(kb)
+    assert text.splitlines()[0].startswith("> ")  # the note stays first
+    contents = text.split("**Contents**", 1)[1].split("\n\n<a id=", 1)[0]
+    links = MD_LINK.findall(contents)
+    assert links == [(t.title, topic_anchor(t.id)) for t in kb.topics.values()] + [("Sources", "guide-sources")]
+    assert text.index("**Contents**") < text.index(f"## {next(iter(kb.topics.values())).title}")
+
+
+def test_every_topic_heading_has_one_stable_anchor_right_before_it(kb):
+    text = render_markdown(kb)
+    anchors = MD_ANCHOR.findall(text)
+    assert anchors == [f"topic-{t}" for t in kb.topics] + ["guide-sources"]  # unique, derived from the ids
+    for topic in kb.topics.values():
+        assert f'<a id="topic-{topic.id}"></a>\n\n## {topic.title}\n' in text
+    assert '<a id="guide-sources"></a>\n\n## Sources\n' in text
+    # Every link in the guide lands on an anchor of the same text.
+    targets = {target for _, target in MD_LINK.findall(text)}
+    assert targets and targets <= set(anchors)
+
+
+def test_see_also_entries_link_to_the_related_topics(kb):
+    text = render_markdown(kb)
+    for topic in kb.topics.values():
+        if not topic.related:
+            continue
+        section = text.split(f"## {topic.title}\n", 1)[1].split("\n## ", 1)[0]
+        see_also = [line for line in section.splitlines() if line.startswith("See also: ")]
+        assert len(see_also) == 1, topic.id
+        expected = [(kb.topics[r].title, topic_anchor(r)) for r in topic.related]
+        assert MD_LINK.findall(see_also[0]) == expected, topic.id
+    assert (
+        "See also: [Immunohistochemistry: MCC versus metastasis](#topic-immunohistochemistry); "
+        "[Pitfalls: MCC versus metastasis](#topic-pitfalls)." in text
+    )
+
+
+def test_a_subset_has_no_anchors_by_default_and_links_only_to_what_it_renders(kb):
+    ids = topics_for_differential(["metastasis"])
+    plain = render_markdown(kb, topics=ids)
+    assert "**Contents**" not in plain and "<a id=" not in plain and not MD_LINK.search(plain)
+    assert "See also: Immunohistochemistry: MCC versus metastasis; Pitfalls: MCC versus metastasis." in plain
+    linked = render_markdown(kb, topics=ids, navigation=True)
+    assert MD_ANCHOR.findall(linked) == [topic_anchor(t) for t in ids] + ["guide-sources"]
+    targets = {target for _, target in MD_LINK.findall(linked)}
+    assert targets == {topic_anchor(t) for t in ids} | {"guide-sources"}  # nothing points off the page
+    assert "; Pitfalls: MCC versus metastasis." in linked  # not rendered here: plain title
+    assert "<a id=" not in render_markdown(kb, navigation=False)
+    no_sources = render_markdown(kb, include_sources=False)
+    assert "guide-sources" not in no_sources and "## Sources" not in no_sources
+
+
+def test_link_text_is_escaped_for_markdown(tmp_path):
+    topic = GOOD_TOPIC.replace("title: Alpha", 'title: "Alpha [draft] \\\\ x"') + "related: [beta]\n"
+    beta = GOOD_TOPIC.replace("id: alpha", "id: beta").replace("title: Alpha", "title: Beta")
+    kb = load_guidance(write_kb(tmp_path, {"01_alpha.yaml": topic, "02_beta.yaml": beta}))
+    assert kb.topics["alpha"].title == "Alpha [draft] \\ x"
+    text = render_markdown(kb)
+    assert "- [Alpha \\[draft\\] \\\\ x](#topic-alpha)" in text
+    assert MD_LINK.findall(text)[0] == ("Alpha \\[draft\\] \\\\ x", "topic-alpha")
+    assert "See also: [Beta](#topic-beta)." in text
+
+
+# --- the collapsed HTML for the triage result
+
+
+class _Html(HTMLParser):
+    """A strict-enough reading of the renderer's HTML: tags balance, and each <details> block's parts."""
+
+    VOID: ClassVar[set[str]] = {"br", "hr", "img"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.details: list[dict] = []
+        self.ids: list[str] = []
+        self.outside: list[str] = []  # text outside every <details>
+        self.sources: list[str] = []  # items of the source list
+        self._in_sources = False
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if "id" in attributes:
+            self.ids.append(attributes["id"] or "")
+        if tag == "details":
+            self.details.append({"attrs": attributes, "summary": "", "text": ""})
+        if tag == "ul" and "guidance-sources" in (attributes.get("class") or ""):
+            self._in_sources = True
+        if tag == "li" and self._in_sources:
+            self.sources.append("")
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+        if tag == "ul":
+            self._in_sources = False
+
+    def handle_data(self, data):
+        if "details" in self.stack:
+            block = self.details[-1]
+            block["text"] += data
+            if "summary" in self.stack:
+                block["summary"] += data
+        else:
+            self.outside.append(data)
+            if self._in_sources and self.sources:
+                self.sources[-1] += data
+
+
+def parse_html(text: str) -> _Html:
+    parser = _Html()
+    parser.feed(text)
+    parser.close()
+    assert parser.stack == [], f"unclosed tags: {parser.stack}"
+    return parser
+
+
+@pytest.mark.parametrize("key", [k for k in DIFFERENTIAL_TOPICS if k != "benign"])
+def test_collapsible_html_has_one_closed_details_per_requested_topic(kb, key):
+    ids = topics_for_differential([key])
+    text = render_collapsible_html(kb, ids)
+    page = parse_html(text)
+    assert [block["attrs"].get("data-topic") for block in page.details] == ids  # each once, in order
+    assert text.count("<details") == len(ids) and text.count("<summary>") == len(ids)
+    for block, topic_id in zip(page.details, ids, strict=True):
+        topic = kb.topics[topic_id]
+        assert "open" not in block["attrs"], topic_id  # closed by default
+        assert block["summary"] == topic.title
+        assert topic.audience_summary in block["text"]
+        for fact in topic.facts:
+            markers = " ".join(f"[{kb.sources[c].cite}]" for c in fact.citations)
+            assert f"{fact.text} {markers}" in block["text"], (topic_id, fact.text[:40])
+        for table in topic.tables:
+            assert table.title in block["text"] and all(c in block["text"] for c in table.columns)
+    # Nothing from the other topics: no facts, summaries or tables; their titles only inside a "See also".
+    others = [t for t in kb.topics.values() if t.id not in ids]
+    plain = html.unescape(text)
+    for topic in others:
+        assert topic.audience_summary not in plain, topic.id
+        assert not any(fact.text in plain for fact in topic.facts), topic.id
+        for line in plain.splitlines():
+            if topic.title in line:
+                assert line.startswith("<p>See also in the Work-up guide tab: "), (topic.id, line)
+    assert page.ids == []  # no id: it can share a page with the linked full guide
+    assert not INTERNAL_NAMES.search(text)
+
+
+def test_collapsible_html_starts_with_the_note_points_to_the_guide_and_ends_with_the_sources(kb):
+    ids = topics_for_differential(["neuroendocrine_metastasis"])
+    text = render_collapsible_html(kb, ids)
+    page = parse_html(text)
+    before = "".join(page.outside).split(kb.topics[ids[0]].title)[0]
+    assert before.strip().startswith(NOTE)  # the educational-guidance note comes first
+    assert "the Work-up guide tab shows every topic" in before and f"{len(ids)} work-up topics" in before
+    assert text.index("guidance-sources") > text.rindex("</details>")
+    cited = kb.cited_source_ids(ids)
+    assert [entry.split("]", 1)[0] + "]" for entry in page.sources] == [f"[{kb.sources[i].cite}]" for i in cited]
+    for entry, source_id in zip(page.sources, cited, strict=True):
+        assert kb.sources[source_id].label in entry
+    # Every marker in the topics resolves to an entry in the list, and nothing else is listed.
+    markers = set(re.findall(r"\[([^\[\]]+)\]", " ".join(block["text"] for block in page.details)))
+    assert markers == {kb.sources[i].cite for i in cited}
+    uncited = set(kb.sources) - set(cited)
+    assert uncited and not any(kb.sources[i].cite in html.unescape(text) for i in uncited)
+    other = render_collapsible_html(kb, ["biopsy"], full_guide="the full guide below")
+    assert "the full guide below shows every topic" in other and "1 work-up topic for" in other
+
+
+def test_collapsible_html_escapes_all_text(tmp_path):
+    hostile = '<script>alert("x")</script> & <b>bold</b>'
+    sources = SOURCES_YAML.replace("title: A page", f"title: '{hostile}'").replace(
+        "reference: Someone et al., Journal 2000", "reference: 'Someone <i>et al.</i>, J & J 2000'"
+    )
+    topic = (
+        GOOD_TOPIC.replace("title: Alpha", "title: 'Alpha <img src=x onerror=alert(1)>'")
+        .replace("One sentence.", "'One \"quoted\" sentence <u>.</u>'")
+        .replace("text: A fact.", f"text: '{hostile}'")
+    )
+    topic += textwrap.dedent(
+        """
+        tables:
+          - title: "<th>T</th>"
+            columns: ["<a href='javascript:x'>a</a>", b]
+            rows:
+              - cells: ["x < y", "y > z"]
+                citations: [L1]
+        """
+    )
+    kb = load_guidance(write_kb(tmp_path, {"01_alpha.yaml": topic}, sources=sources))
+    text = render_collapsible_html(kb, ["alpha"])
+    for raw in ("<script", "<b>", "<img", "<i>", "<u>", "<th>T", "<a ", "javascript:x'>", "x < y", "y > z"):
+        assert raw not in text, raw
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in text
+    assert "Someone &lt;i&gt;et al.&lt;/i&gt;, J &amp; J 2000" in text and "x &lt; y" in text
+    page = parse_html(text)
+    assert page.details[0]["summary"] == "Alpha <img src=x onerror=alert(1)>"
+    assert hostile in page.details[0]["text"]
+
+
+def test_collapsible_html_for_no_topics_is_empty_and_unknown_topics_are_errors(kb):
+    assert render_collapsible_html(kb, []) == ""
+    assert render_collapsible_html(kb, topics_for_differential(["benign"])) == ""
+    with pytest.raises(GuidanceError, match="no_such_topic"):
+        render_collapsible_html(kb, ["biopsy", "no_such_topic"])
+    assert parse_html(render_collapsible_html(kb, ["biopsy", "biopsy"])).details[0]["attrs"]["data-topic"] == "biopsy"
+    assert render_collapsible_html(kb, ["biopsy", "biopsy"]).count("<details") == 1
 
 
 def test_unknown_topic_is_an_error_listing_the_valid_ids(kb):
@@ -755,6 +1017,18 @@ def test_a_small_valid_knowledge_base_loads(tmp_path):
     kb = load_guidance(write_kb(tmp_path, {"01_alpha.yaml": GOOD_TOPIC}))
     assert list(kb.topics) == ["alpha"] and kb.topics["alpha"].facts[0].citations == ("S1",)
     assert kb.sources["L1"].label == "Someone et al., Journal 2000, PMID 123"
+    # Without a 'cite', the marker is the publisher and title of a page, the reference up to its ';' otherwise.
+    assert kb.sources["S1"].cite == "A publisher, 'A page'"
+    assert kb.sources["L1"].cite == "Someone et al., Journal 2000"
+    named = SOURCES_YAML.replace("reference: Someone et al., Journal 2000", "reference: Someone et al., J 2000;1:2-3")
+    assert load_guidance(write_kb(tmp_path / "cut", {"01_alpha.yaml": GOOD_TOPIC}, sources=named)).sources[
+        "L1"
+    ].cite == ("Someone et al., J 2000")
+    named = named.replace("    title: A paper\n", '    title: A paper\n    cite: "Project review 2026: a topic"\n')
+    cites_l1 = GOOD_TOPIC.replace("citations: [S1]", "citations: [L1, S1]")
+    other = load_guidance(write_kb(tmp_path / "named", {"01_alpha.yaml": cites_l1}, sources=named))
+    assert other.sources["L1"].cite == "Project review 2026: a topic"
+    assert "- A fact. [Project review 2026: a topic] [A publisher, 'A page']" in render_markdown(other)
 
 
 def test_unknown_citation_names_file_topic_and_fact(tmp_path):
@@ -836,6 +1110,9 @@ def test_missing_or_misspelt_topic_fields_are_rejected(tmp_path, topic, problem)
         (("kind: literature", "kind: blog"), "kind must be one of"),
         (("id: L1", "id: S1"), "duplicate source id 'S1'"),
         (('pmid: "123"', "pmid: PMID123"), "pmid must be digits"),
+        (("    title: A paper\n", "    title: A paper\n    cite: A publisher, 'A page'\n"), "is also source 'S1'"),
+        (("    title: A paper\n", "    title: A paper\n    cite: Someone [2000]\n"), "may not contain '['"),
+        (("    title: A paper\n", "    title: A paper\n    cite: See clinical_facts.md\n"), "field 'cite' names"),
     ],
 )
 def test_broken_sources_are_rejected(tmp_path, edit, problem):

@@ -260,7 +260,14 @@ def demo_module():
     return module
 
 
-AGES = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-200, 200).map(float)
+# as the API may send them: nothing, numbers, numeric or other text (the age box is a text box)
+AGES = (
+    st.none()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-200, 200).map(float)
+    | st.integers(-5, 130).map(str)
+    | st.text(max_size=6)
+)
 
 
 @fast(150)
@@ -268,9 +275,13 @@ AGES = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(
     AGES,
     st.none() | st.sampled_from(SITES) | st.text(max_size=12),
     st.none()
-    | st.lists(st.sampled_from(["Immune suppression", "Previous Merkel cell carcinoma"]) | st.text(max_size=10)),
+    | st.lists(st.sampled_from(["Immune suppression", "Previous Merkel cell carcinoma"]) | st.text(max_size=10))
+    | st.text(max_size=10)
+    | st.integers(),
 )
 @example(math.inf, None, [])
+@example("seventy", "face", [])
+@example(72, 5, "Immune suppression")
 @example(math.nan, None, [])
 @example(None, None, ["not a finding"])
 def test_demo_context_from_gives_a_context_or_a_value_error(demo_module, age, site, flags):
@@ -279,7 +290,7 @@ def test_demo_context_from_gives_a_context_or_a_value_error(demo_module, age, si
     except ValueError as error:
         assert str(error) and "Traceback" not in str(error)
     else:
-        assert isinstance(context, ClinicalContext)
-        assume(age is not None and age == age)
-        if age and math.isfinite(age):
-            assert context.age == int(age)
+        assert isinstance(context, ClinicalContext) and isinstance(flags, list | None)
+        number = float(age) if isinstance(age, float | str) and str(age).strip() else None
+        assume(number is not None and math.isfinite(number))
+        assert context.age == int(number)

@@ -44,11 +44,11 @@ def test_check_triage_refuses_malformed_results(load_test):
     card = '<div data-level="refer">'
     raw = {"referral": {"level": "refer", "reasons": ["x"]}, "probabilities": {"a": 0.5, "b": 0.5}}
     label = {"confidences": [{}] * 5}
-    good = (card, label, '<img src="data:image/webp;base64,AAAA">', "Grad-CAM: ...", "", raw)
+    good = (card, label, '<img src="data:image/webp;base64,AAAA"><div>Grad-CAM: ...</div>', "", raw)
     assert load_test.check_triage(good) == "refer"
     with pytest.raises(ValueError, match="no Grad-CAM overlay"):
-        load_test.check_triage((card, label, "/gradio_api/file=/tmp/x.webp", "Grad-CAM", "", raw))
+        load_test.check_triage((card, label, "/gradio_api/file=/tmp/x.webp Grad-CAM", "", raw))
     with pytest.raises(ValueError, match="referral level"):
-        load_test.check_triage((card, label, good[2], good[3], "", {**raw, "referral": {"level": "maybe"}}))
+        load_test.check_triage((card, label, good[2], "", {**raw, "referral": {"level": "maybe"}}))
     with pytest.raises(ValueError, match="outputs"):
-        load_test.check_triage(good[:5])
+        load_test.check_triage(good[:4])

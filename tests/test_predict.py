@@ -83,8 +83,10 @@ def test_predict_gives_calibrated_probabilities_groups_and_malignancy_in_bundle_
 
     groups = prediction.triage_probabilities
     assert set(groups) == {"mcc", "cutaneous_metastasis", "other_malignant", "benign"}
-    assert math.isclose(sum(groups.values()), 1.0, abs_tol=1e-5)
-    assert groups["mcc"] == 0.0 and groups["cutaneous_metastasis"] == 0.0  # the model has no such class
+    assert groups["mcc"] is None and groups["cutaneous_metastasis"] is None  # no such class: not measured, not 0
+    assert math.isclose(groups["other_malignant"] + groups["benign"], 1.0, abs_tol=1e-5)
+    note = prediction.to_dict()["triage_probabilities_note"]
+    assert note.startswith("mcc, cutaneous_metastasis: null because the model has no class for them")
 
     malignant_sum = sum(prediction.probabilities[c] for c in MALIGNANT)
     assert prediction.malignancy_probability == pytest.approx(malignant_sum, abs=1e-6)

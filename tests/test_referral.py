@@ -500,7 +500,13 @@ def test_the_classic_mcc_picture_is_urgent_whatever_the_image_score() -> None:
     assert "clinically_suspected_mcc" in rules(decision)
     r = reason(decision, "clinically_suspected_mcc")
     assert r.level == "urgent" and "whatever the image score" in r.text
-    assert "rapid growth with asymptomatic (not tender); older than 50 (age 75); UV-exposed site" in r.text
+    assert "rapid growth with the AEIOU features above" in r.text
+    features = "asymptomatic (not tender); expanding rapidly (within 3 months); older than 50 (age 75); UV-exposed site"
+    assert features in reason(decision, "aeiou_features").text
+    # the features and the full reference appear once on the card, not in every reason that uses them
+    texts = [x.text for x in decision.reasons] + [d.why for d in decision.differential]
+    assert sum(text.count(features) for text in texts) == 1
+    assert sum(text.count(HEATH_2008) for text in texts) == 1
     assert workups(decision) == ["suspected_mcc"]
 
 

@@ -215,6 +215,11 @@ def _grad_cam_from_maps(
 # Drawing on the original image
 
 
+COLORMAP = "inferno"  # the overlay's matplotlib colour map (the demo's legend draws the same one)
+OUTSIDE_FADE = 0.6  # how far the overlay fades the pixels the model did not see towards FADE_GREY
+FADE_GREY = 200.0
+
+
 def crop_box(
     image_size: tuple[int, int], *, input_size: int, crop_fraction: float = 1.0
 ) -> tuple[float, float, float, float]:
@@ -286,21 +291,29 @@ def overlay(
     heatmap: np.ndarray,
     *,
     crop_fraction: float = 1.0,
-    alpha: float = 0.45,
-    colormap: str = "inferno",
+    alpha: float = 0.6,
+    colormap: str = COLORMAP,
+    outside_fade: float = OUTSIDE_FADE,
 ) -> Image.Image:
-    """``image`` (the one given to the predictor) with the heatmap blended over the part the model saw.
+    """``image`` (the one given to the predictor) with the heatmap over the part the model saw, the rest faded.
 
     ``heatmap`` is the (S, S) map of the model input (:func:`grad_cam`); ``crop_fraction`` is the eval
     preset's (``bundle.metadata["preprocessing"]["crop_fraction"]``). Inside the crop each pixel becomes
-    ``(1 - alpha) * image + alpha * colormap(heat)``; outside it the image is unchanged. Returns an RGB
-    image of the same size as ``image``.
+    ``(1 - w) * image + w * colormap(heat)`` with ``w = alpha * heat``: a region that raised nothing keeps
+    its own colours (an all-zero map leaves the crop as it was, rather than darkening it), a hot spot takes
+    the colour map's bright end. Outside the crop, which the model never saw, pixels are faded towards grey
+    by ``outside_fade`` so that nobody reads an unanalysed strip as highlighted. Returns an RGB image of the
+    same size as ``image``.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+    if not 0.0 <= outside_fade <= 1.0:
+        raise ValueError(f"outside_fade must be in [0, 1], not {outside_fade}")
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     values, inside = heatmap_on_image(heatmap, image.size, crop_fraction=crop_fraction)
     lut = (matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.float32)
     colours = lut[np.rint(values * 255.0).astype(np.int64)]
-    blended = np.where(inside[:, :, None], (1.0 - alpha) * rgb + alpha * colours, rgb)
+    weight = (alpha * values)[:, :, None]
+    faded = (1.0 - outside_fade) * rgb + outside_fade * FADE_GREY
+    blended = np.where(inside[:, :, None], (1.0 - weight) * rgb + weight * colours, faded)
     return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))

@@ -43,7 +43,7 @@ from skintriage.checkpoint import DEFAULT_BUNDLE, Bundle, load_bundle
 from skintriage.data.dataset import prepare_pixels
 from skintriage.data.images import ImageDecodeError, decode_image
 from skintriage.data.prefetch import prefetch_decoded
-from skintriage.explain import overlay, saliency
+from skintriage.explain import crop_box, overlay, saliency
 from skintriage.guidance import topics_for_differential
 from skintriage.inference import decision_prior, eval_preset, forward
 from skintriage.metrics import malignant_columns
@@ -56,7 +56,9 @@ from skintriage.uncertainty import Uncertainty, UncertaintyGate
 class Prediction:
     file: str | None
     probabilities: dict[str, float]  # calibrated, per diagnosis code, in the bundle's class order
-    triage_probabilities: dict[str, float]  # summed per triage group (mcc and metastasis: always 0, no such class)
+    # summed per triage group; None for a group the bundle has no class of (today MCC and cutaneous metastasis):
+    # the model cannot measure it, and a 0.0 would read as a measurement
+    triage_probabilities: dict[str, float | None]
     malignancy_probability: float
     class_call: str  # the bundle's class decision (plain or class-balanced arg-max)
     uncertainty: Uncertainty | None
@@ -72,7 +74,10 @@ class Prediction:
         if self.heatmap is None:
             return None
         if not self.heatmap.any():
-            return "Grad-CAM: no region of the image raised the malignancy probability (the overlay is empty)."
+            return (
+                "Grad-CAM: no region stood out as raising the malignancy probability more than the rest; the "
+                f"probability ({self.malignancy_probability:.2f}) comes from the analysed square as a whole."
+            )
         grid = (
             f"a {self.saliency_grid[0]}x{self.saliency_grid[1]} grid" if self.saliency_grid else "the last feature map"
         )
@@ -81,12 +86,24 @@ class Prediction:
             f"(coarse: {grid} at {self.heatmap.shape[0]} px)."
         )
 
+    @property
+    def triage_probabilities_note(self) -> str | None:
+        """Why some triage groups are null (``None`` when every group has a probability)."""
+        unmeasured = [group for group, value in self.triage_probabilities.items() if value is None]
+        if not unmeasured:
+            return None
+        return (
+            f"{', '.join(unmeasured)}: null because the model has no class for them (it was never trained on such "
+            "images), so it cannot give their probability."
+        )
+
     def to_dict(self) -> dict:
         """The JSON shape of ``skintriage predict --json`` and the demo's ``/triage`` endpoint."""
         return {
             "file": self.file,
             "probabilities": self.probabilities,
             "triage_probabilities": self.triage_probabilities,
+            "triage_probabilities_note": self.triage_probabilities_note,
             "malignancy_probability": self.malignancy_probability,
             "class_call": {"code": self.class_call, "name": DIAGNOSES[self.class_call].name},
             "uncertainty": None if self.uncertainty is None else self.uncertainty.score,
@@ -267,6 +284,17 @@ class Predictor:
         crop_fraction = float(self.bundle.metadata["preprocessing"].get("crop_fraction", 1.0))
         return overlay(image.convert("RGB"), heatmap, crop_fraction=crop_fraction)
 
+    def sees_whole(self, size: tuple[int, int]) -> bool:
+        """Whether the model analyses all of an image of PIL ``size`` (False: only its central square)."""
+        preprocessing = self.bundle.metadata["preprocessing"]
+        left, top, right, bottom = crop_box(
+            size,
+            input_size=int(preprocessing["input_size"]),
+            crop_fraction=float(preprocessing.get("crop_fraction", 1)),
+        )
+        width, height = size
+        return left <= 0.5 and top <= 0.5 and right >= width - 0.5 and bottom >= height - 0.5
+
     def decide(
         self,
         probabilities: dict[str, float],
@@ -329,9 +357,10 @@ class Predictor:
             probabilities, uncertainties, contexts, files, heatmaps, acquisitions, strict=True
         ):
             named = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
-            groups = {group.value: 0.0 for group in TriageGroup}
+            groups: dict[str, float | None] = {group.value: None for group in TriageGroup}  # None: no such class
             for code, value in named.items():
-                groups[DIAGNOSES[code].group.value] += value
+                group = DIAGNOSES[code].group.value
+                groups[group] = (groups[group] or 0.0) + value
             decision = self.decide(named, uncertainty, context, acquisition=used)
             out.append(
                 Prediction(

@@ -587,18 +587,25 @@ def decide(
     # 3. clinical context: the AEIOU features and a known cancer count for a new or enlarging lesion
     aeiou = context.aeiou(older_than=policy.aeiou_age)
     aeiou_fires = context.new_or_growing and len(aeiou) >= policy.aeiou_min_features
+    cited: list[str] = []
+
+    def heath() -> str:
+        """The AEIOU paper in full the first time a card cites it, short after that (one card, one reference)."""
+        cited.append(HEATH_2008)
+        return HEATH_2008 if len(cited) == 1 else "Heath et al. 2008"
+
     if aeiou_fires:
         fire(
             "aeiou_features",
             f"A new or enlarging lesion with {len(aeiou)} of the 5 AEIOU features of Merkel cell carcinoma "
-            f"({'; '.join(aeiou)}). 89% of MCC patients had three or more ({HEATH_2008}), but the features also fit "
+            f"({'; '.join(aeiou)}). 89% of MCC patients had three or more ({heath()}), but the features also fit "
             "many benign lesions of older people: a prompt to examine and biopsy, not a diagnosis.",
         )
     if context.rapid_growth:
         fire(
             "rapid_growth",
             "The lesion is expanding rapidly (within 3 months): a fast-growing nodule needs examination; rapid growth "
-            f"was reported in 63% of MCC ({HEATH_2008}).",
+            f"was reported in 63% of MCC ({heath()}).",
         )
     class_call = max(probabilities, key=probabilities.get)
     mimic = (
@@ -608,23 +615,22 @@ def decide(
     )
     classic = context.rapid_growth and len(aeiou) - 1 >= 2  # rapid growth and two more features
     if classic or (mimic and context.rapid_growth):
-        others = [phrase for phrase in aeiou if not phrase.startswith("expanding rapidly")]
-        picture = (
-            f"rapid growth with {'; '.join(others)}"
+        picture = (  # classic implies the AEIOU rule fired (rapid growth is E and makes the lesion growing)
+            "rapid growth with the AEIOU features above"
             if classic
             else f"rapid growth of a lesion the model reads as a benign {DIAGNOSES[class_call].name.lower()}"
         )
         fire(
             "clinically_suspected_mcc",
             f"Clinically suspected Merkel cell carcinoma ({picture}): urgent whatever the image score, because MCC "
-            f"is often thought benign (56% at biopsy, {HEATH_2008}) and grows fast.",
+            f"is often thought benign (56% at biopsy, {heath()}) and grows fast.",
         )
     if mimic:
         fire(
             "mcc_mimic_with_context",
             f"The model reads a benign {DIAGNOSES[class_call].name.lower()}, but with these clinical features "
-            f"({'; '.join(aeiou) or 'a new or enlarging lesion'}) MCC must be considered: 56% of MCC were thought "
-            f"benign at biopsy, most often a cyst or acne-like lesion ({HEATH_2008}).",
+            f"({'those above' if aeiou_fires else '; '.join(aeiou) or 'a new or enlarging lesion'}) MCC must be "
+            f"considered: 56% of MCC were thought benign at biopsy, most often a cyst or acne-like lesion ({heath()}).",
         )
     primary = {
         (True, False): "neuroendocrine tumour",

@@ -38,6 +38,7 @@ from skintriage import DISCLAIMER, metrics
 from skintriage.atomic import atomic_path, atomic_write_text
 from skintriage.data.sources import SOURCES
 from skintriage.evaluate import BOOTSTRAP_RESAMPLES, EvaluationResult
+from skintriage.models import MODELS
 from skintriage.taxonomy import DIAGNOSES, is_malignant
 
 REPORT_FILE = "report.md"
@@ -809,6 +810,22 @@ def card_reproduce(meta: Mapping[str, Any]) -> str:
     return text
 
 
+def card_title(meta: dict, fallback: str) -> str:
+    """A title a person reads: what network, from which weights, trained on which data (the run name after it)."""
+    architecture = meta.get("architecture") or {}
+    name = str(architecture.get("name") or fallback)
+    if name in MODELS:  # the registry's human name: "EfficientNet-Lite0", not "efficientnet_lite0"
+        name = MODELS[name].description.split(" (")[0].split(",")[0] or name
+    pretrained = architecture.get("pretrained")
+    start = {"imagenet": "ImageNet-pretrained", None: "trained from scratch", "none": "trained from scratch"}.get(
+        pretrained, f"initialised from {pretrained}"
+    )
+    sources = ((meta.get("training") or {}).get("data") or {}).get("sources") or []
+    names = list(dict.fromkeys(str(s.get("source")) for s in sources if s.get("source")))
+    data = f", fine-tuned on {', '.join(names)}" if names else ""
+    return f"# About the model: {name} ({start}{data}); run `{meta.get('name', fallback)}`"
+
+
 def write_model_card(bundle_dir: Path) -> Path:
     """Write ``MODEL_CARD.md`` next to ``model.json`` from the bundle's own metadata; returns its path.
 
@@ -818,7 +835,7 @@ def write_model_card(bundle_dir: Path) -> Path:
     bundle_dir = Path(bundle_dir)
     meta = json.loads((bundle_dir / "model.json").read_text(encoding="utf-8"))
     sections = [
-        f"# Model card: {meta.get('name', bundle_dir.name)}",
+        card_title(meta, bundle_dir.name),
         f"> {DISCLAIMER}",
         card_details(meta),
         card_intended_use(),

@@ -9,13 +9,20 @@ knowledge base is therefore kept as data, not prose in code:
   (``via: clinical_facts.md``), with ``reference`` exactly as far as the fact sheet gives it (and the
   PMID where it gives one). Statements the fact sheet makes without naming a publication cite a
   ``CF-...`` entry that says so. Consumer or AI-generated pages carry a ``reliability_note``.
-  ``file`` and ``via`` are provenance for tests and audits only: what a clinician sees (``label``) is
-  publisher and title for a page and the reference (+ PMID) for literature, never a file name.
+  ``file`` and ``via`` are provenance for tests and audits only: what a clinician sees is the source's
+  ``cite`` name as the citation marker (``Source.cite``: "Heath et al., J Am Acad Dermatol 2008",
+  "Clinical review 2026 (fact sheet): biopsy"; never an id such as ``CF-biopsy``) and, in the source
+  list, its ``label``: publisher and title for a page, the reference (+ PMID) for literature, never a
+  file name.
 * ``topics/NN_<id>.yaml`` holds one topic each, read in file-name order (the display order). A topic
   has a one- or two-sentence ``audience_summary``, ``facts`` (each with ``citations``), optional
   ``tables`` (each row with ``citations``) and ``related`` topic ids.
 * ``DIFFERENTIAL_TOPICS`` maps each work-up pathway that the referral engine emits for a differential
   entry (``skintriage.referral.WORKUPS``, plus ``benign``) to the topics shown for it.
+
+Two renderers share one view of each topic (``_view``): ``render_markdown`` for the Work-up guide (with a
+table of contents, an anchor per topic and linked "See also" entries when it renders the whole guide) and
+``render_collapsible_html`` for the triage result (one closed ``<details>`` per topic, escaped HTML).
 
 The text is the project's own wording: facts and figures come from the sources with a citation, their
 sentences do not (``tests/test_guidance.py`` checks for copied word runs, and that every number quoted
@@ -28,6 +35,7 @@ topic/fact, because a silently dropped citation would turn a sourced statement i
 from __future__ import annotations
 
 import functools
+import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +47,10 @@ import yaml
 
 __all__ = [
     "DIFFERENTIAL_TOPICS",
+    "FULL_GUIDE",
     "GUIDANCE_DIR",
     "NOTE",
+    "SOURCES_ANCHOR",
     "Fact",
     "GuidanceError",
     "KnowledgeBase",
@@ -49,8 +59,10 @@ __all__ = [
     "TableRow",
     "Topic",
     "load_guidance",
+    "render_collapsible_html",
     "render_markdown",
     "to_json",
+    "topic_anchor",
     "topic_ids",
     "topics_for_differential",
 ]
@@ -123,6 +135,23 @@ class Source:
     url: str | None = None
     via: str | None = None
     reliability_note: str | None = None
+    cite_as: str | None = None
+
+    @property
+    def cite(self) -> str:
+        """The name a clinician recognises, used as the citation marker and to head the source-list entry.
+
+        The ``cite`` of sources.yaml where given (the fact sheet's own statements, e.g. "Clinical review 2026
+        (fact sheet): biopsy", and pages whose title is too long for a marker); otherwise publisher and
+        title for a page ("NeuroEndocrine Cancer Australia (NECA), 'Skin Changes and NETs'") and the
+        reference up to its volume for literature ("Heath et al., J Am Acad Dermatol 2008"). Never the id:
+        ids such as ``CF-biopsy`` read as internal.
+        """
+        if self.cite_as:
+            return self.cite_as
+        if self.kind == "document":
+            return f"{self.publisher}, '{self.title}'"
+        return (self.reference or self.title).split(";", 1)[0].strip()
 
     @property
     def label(self) -> str:
@@ -193,7 +222,19 @@ class KnowledgeBase:
 # Loading and validation
 # --------------------------------------------------------------------------------------------------
 
-_SOURCE_FIELDS = {"id", "kind", "title", "publisher", "file", "reference", "pmid", "url", "via", "reliability_note"}
+_SOURCE_FIELDS = {
+    "id",
+    "kind",
+    "title",
+    "cite",
+    "publisher",
+    "file",
+    "reference",
+    "pmid",
+    "url",
+    "via",
+    "reliability_note",
+}
 _TOPIC_FIELDS = {"id", "title", "audience_summary", "facts", "tables", "related"}
 
 
@@ -292,9 +333,20 @@ def _load_sources(path: Path) -> dict[str, Source]:
             url=_text(entry.get("url"), where, "url", required=False),
             via=_text(entry.get("via"), where, "via", required=not is_document),
             reliability_note=_shown(entry.get("reliability_note"), where, "reliability_note", required=False),
+            cite_as=_shown(entry.get("cite"), where, "cite", required=False),
         )
         if source.pmid is not None and not source.pmid.isdigit():
             raise GuidanceError(f"{where}: pmid must be digits, got {source.pmid!r}")
+        # The marker is how a reader finds the source in the list: it must name one source, and stay one marker.
+        if "[" in source.cite or "]" in source.cite:
+            raise GuidanceError(
+                f"{where}: citation name {source.cite!r} may not contain '[' or ']' (it is shown in brackets)"
+            )
+        clash = next((other.id for other in sources.values() if other.cite == source.cite), None)
+        if clash is not None:
+            raise GuidanceError(
+                f"{where}: citation name {source.cite!r} is also source {clash!r}'s; give one of them a distinct 'cite'"
+            )
         sources[source_id] = source
     if not sources:
         raise GuidanceError(f"{path}: no sources")
@@ -442,50 +494,194 @@ def topics_for_differential(workups: Iterable[str]) -> list[str]:
     return list(chosen)
 
 
-def _markers(citations: Iterable[str]) -> str:
-    return " ".join(f"[{c}]" for c in citations)
+def topic_anchor(topic_id: str) -> str:
+    """The HTML id of a topic's heading in the linked guide: ``topic-<id>``.
+
+    Derived from the topic id (not the title), so table-of-contents and "See also" links survive edits to a
+    title. The prefix keeps it clear of the app's own element ids (``elem_id`` such as ``guidance``). An
+    explicit ``<a id>`` because gr.Markdown (Gradio 6.31, default settings) gives headings no id of their own
+    but keeps the ``id`` of raw ``<a>`` elements (checked in Chromium by ``tests/test_guide_links.py``).
+    """
+    return f"topic-{topic_id}"
 
 
-def _cell(text: str) -> str:
+# The id of the Sources heading in the linked guide (its table of contents ends with a link to it).
+SOURCES_ANCHOR = "guide-sources"
+# Where the triage page's collapsed guidance points the reader for the rest of the guide (the app's tab name).
+FULL_GUIDE = "the Work-up guide tab"
+
+
+@dataclass(frozen=True)
+class _TopicView:
+    """One topic as both renderers show it: plain text, citation markers resolved, related topics looked up.
+
+    Built once by ``_view`` so that what is shown (and in which order) is decided in one place; the Markdown and
+    HTML renderers only add markup (and escaping).
+    """
+
+    topic: Topic
+    facts: tuple[tuple[str, str], ...]  # (text, markers)
+    tables: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, ...], ...]], ...]  # (title, columns, rows)
+    related: tuple[Topic, ...]
+
+
+def _markers(kb: KnowledgeBase, citations: Iterable[str]) -> str:
+    """The citation markers after a statement: each source's clinician-facing name in brackets."""
+    return " ".join(f"[{kb.sources[c].cite}]" for c in citations)
+
+
+def _view(kb: KnowledgeBase, topic: Topic) -> _TopicView:
+    tables = tuple(
+        (
+            table.title,
+            (*table.columns, "Sources"),
+            tuple((*row.cells, _markers(kb, row.citations)) for row in table.rows),
+        )
+        for table in topic.tables
+    )
+    return _TopicView(
+        topic=topic,
+        facts=tuple((fact.text, _markers(kb, fact.citations)) for fact in topic.facts),
+        tables=tables,
+        related=tuple(kb.topics[r] for r in topic.related),
+    )
+
+
+def _cited_sources(kb: KnowledgeBase, chosen: Sequence[Topic]) -> list[Source]:
+    return [kb.sources[i] for i in kb.cited_source_ids(t.id for t in chosen)]
+
+
+def _source_note(source: Source) -> str:
+    """The text after a source's marker in a source list: its full citation and any reliability note."""
+    text = source.label
+    if source.url:
+        text += f" ({source.url})"
+    if source.reliability_note:
+        text += f". Note: {source.reliability_note}"
+    return text
+
+
+def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(kb: KnowledgeBase, *, topics: Sequence[str] | None = None, include_sources: bool = True) -> str:
-    """Render topics as Markdown for the guidance panel and reports.
+def _md_link(text: str, anchor: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    return f"[{escaped}](#{anchor})"
 
-    Every bullet and table row ends with its citation markers (the source ids, e.g. ``[Heath2008]``),
-    and the Sources section resolves each marker to the page's publisher and title or the publication's
-    reference and PMID (never an internal file name), with any reliability note, so a reader can check
-    any statement. Unknown topic ids raise ``GuidanceError`` listing the valid ones.
+
+def render_markdown(
+    kb: KnowledgeBase,
+    *,
+    topics: Sequence[str] | None = None,
+    include_sources: bool = True,
+    navigation: bool | None = None,
+) -> str:
+    """Render topics as Markdown for the Work-up guide, the CLI and reports.
+
+    Every bullet and table row ends with its citation markers (each source's name as a clinician knows it,
+    e.g. ``[Heath et al., J Am Acad Dermatol 2008]``), and the Sources section repeats each marker with the
+    page's publisher and title or the publication's reference and PMID (never an internal file name), with any
+    reliability note, so a reader can check any statement. Unknown topic ids raise ``GuidanceError`` listing
+    the valid ones.
+
+    ``navigation`` (by default: when all topics are rendered, i.e. the full guide) adds a table of contents
+    linking to each topic, an anchor before each topic heading (``topic_anchor``, as ``<a id>``, which
+    Gradio's Markdown sanitiser keeps) and links from "See also" to the topics rendered in the same text (the
+    others stay plain titles). Leave it off for a second rendering on the same page: HTML ids must be unique
+    in a page, and a duplicate would send the links to whichever copy comes first.
     """
     chosen = _select(kb, topics)
+    linked = topics is None if navigation is None else navigation
+    rendered = {topic.id for topic in chosen}
     lines: list[str] = [f"> {NOTE}", ""]
-    for topic in chosen:
-        lines += [f"## {topic.title}", "", f"*{topic.audience_summary}*", ""]
-        lines += [f"- {fact.text} {_markers(fact.citations)}" for fact in topic.facts]
+    if linked:
+        lines += ["**Contents**", ""]
+        lines += [f"- {_md_link(topic.title, topic_anchor(topic.id))}" for topic in chosen]
+        if include_sources:
+            lines.append(f"- {_md_link('Sources', SOURCES_ANCHOR)}")
         lines.append("")
-        for table in topic.tables:
-            lines += [f"**{table.title}**", ""]
-            lines.append("| " + " | ".join(_cell(c) for c in (*table.columns, "Sources")) + " |")
-            lines.append("|" + "---|" * (len(table.columns) + 1))
-            for row in table.rows:
-                lines.append("| " + " | ".join(_cell(c) for c in (*row.cells, _markers(row.citations))) + " |")
+    for view in (_view(kb, topic) for topic in chosen):
+        topic = view.topic
+        if linked:
+            lines += [f'<a id="{topic_anchor(topic.id)}"></a>', ""]
+        lines += [f"## {topic.title}", "", f"*{topic.audience_summary}*", ""]
+        lines += [f"- {text} {markers}" for text, markers in view.facts]
+        lines.append("")
+        for title, columns, rows in view.tables:
+            lines += [f"**{title}**", ""]
+            lines.append("| " + " | ".join(_md_cell(c) for c in columns) + " |")
+            lines.append("|" + "---|" * len(columns))
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
             lines.append("")
-        if topic.related:
-            see_also = ", ".join(kb.topics[r].title for r in topic.related)
-            lines += [f"See also: {see_also}.", ""]
+        if view.related:
+            entries = [
+                _md_link(r.title, topic_anchor(r.id)) if linked and r.id in rendered else r.title for r in view.related
+            ]
+            lines += [f"See also: {'; '.join(entries)}.", ""]
     if include_sources:
+        if linked:
+            lines += [f'<a id="{SOURCES_ANCHOR}"></a>', ""]
         lines += ["## Sources", ""]
-        for source_id in kb.cited_source_ids(t.id for t in chosen):
-            source = kb.sources[source_id]
-            line = f"- [{source.id}] {source.label}"
-            if source.url:
-                line += f" <{source.url}>"
-            if source.reliability_note:
-                line += f". Note: {source.reliability_note}"
-            lines.append(line)
+        lines += [f"- **[{source.cite}]** {_source_note(source)}" for source in _cited_sources(kb, chosen)]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def render_collapsible_html(kb: KnowledgeBase, topics: Sequence[str], *, full_guide: str = FULL_GUIDE) -> str:
+    """Render topics as HTML with one closed ``<details>`` block per topic, for the triage result.
+
+    Under a triage result the reader needs to see which work-up topics apply, not read all of them: the
+    Markdown of a suspected MCC's eight topics made a page several thousand pixels long below every result
+    (16 kB, 6,400 px before the markers named their sources in full). Here each
+    topic is a ``<details>`` whose summary is its title, closed until opened, holding the same summary, facts,
+    tables and citation markers as ``render_markdown``; the educational-guidance note comes first, a sentence
+    then points to ``full_guide`` for every topic, and the sources the chosen topics cite close the block. All
+    text is HTML-escaped. No element carries an id, so the block can share a page with the linked full guide.
+    Returns ``""`` for no topics (a benign differential shows nothing); unknown ids raise ``GuidanceError``.
+    Meant for gr.HTML, which keeps it as it is; gr.Markdown renders it too but drops the ``data-topic``
+    attribute each ``<details>`` carries for tests and styling.
+    """
+    chosen = _select(kb, topics)
+    if not chosen:
+        return ""
+    e = functools.partial(html.escape, quote=True)
+    count = f"{len(chosen)} work-up topic{'s' if len(chosen) != 1 else ''} for this differential"
+    parts = [
+        '<div class="guidance">',
+        f'<p class="guidance-note"><em>{e(NOTE)}</em></p>',
+        f'<p class="guidance-pointer">{e(f"{count}. Open a title to read it; {full_guide} shows every topic.")}</p>',
+    ]
+    for view in (_view(kb, topic) for topic in chosen):
+        topic = view.topic
+        parts += [
+            f'<details class="guidance-topic" data-topic="{e(topic.id)}">',
+            f"<summary>{e(topic.title)}</summary>",
+            f"<p><em>{e(topic.audience_summary)}</em></p>",
+            "<ul>",
+            *(f'<li>{e(text)} <span class="guidance-cite">{e(markers)}</span></li>' for text, markers in view.facts),
+            "</ul>",
+        ]
+        for title, columns, rows in view.tables:
+            parts += [
+                "<table>",
+                f"<caption>{e(title)}</caption>",
+                "<thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr></thead>",
+                "<tbody>",
+                *("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows),
+                "</tbody>",
+                "</table>",
+            ]
+        if view.related:
+            parts.append(f"<p>See also in {e(full_guide)}: {e('; '.join(r.title for r in view.related))}.</p>")
+        parts.append("</details>")
+    parts += ['<p class="guidance-sources-title"><strong>Sources</strong></p>', '<ul class="guidance-sources">']
+    parts += [
+        f"<li><strong>{e(f'[{source.cite}]')}</strong> {e(_source_note(source))}</li>"
+        for source in _cited_sources(kb, chosen)
+    ]
+    parts += ["</ul>", "</div>"]
+    return "\n".join(parts) + "\n"
 
 
 def _source_json(source: Source) -> dict[str, Any]:
@@ -500,6 +696,7 @@ def _source_json(source: Source) -> dict[str, Any]:
         "pmid": source.pmid,
         "url": source.url,
         "reliability_note": source.reliability_note,
+        "cite": source.cite,
         "label": source.label,
         "provenance": {"file": source.file, "via": source.via},
     }
@@ -508,14 +705,15 @@ def _source_json(source: Source) -> dict[str, Any]:
 def to_json(kb: KnowledgeBase, *, topics: Sequence[str] | None = None) -> dict[str, Any]:
     """A JSON-safe dict of the chosen topics (all by default) for the web app and API.
 
-    Each citation is resolved to its id and one-line label so a client can show it without a second
-    lookup; ``sources`` holds the full entries of the sources those topics cite. Only a source's
-    ``provenance`` (file name, fact sheet) names internal files, and it is not meant for display.
+    Each citation is resolved to its id, its marker name (``cite``) and its one-line label so a client can
+    show it without a second lookup; ``sources`` holds the full entries of the sources those topics cite.
+    Only a source's ``provenance`` (file name, fact sheet) names internal files, and it is not meant for
+    display.
     """
     chosen = _select(kb, topics)
 
     def cites(ids: Iterable[str]) -> list[dict[str, str]]:
-        return [{"id": i, "label": kb.sources[i].label} for i in ids]
+        return [{"id": i, "cite": kb.sources[i].cite, "label": kb.sources[i].label} for i in ids]
 
     return {
         "note": NOTE,
