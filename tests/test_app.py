@@ -152,6 +152,15 @@ def test_triage_api_needs_only_the_image_as_the_readme_shows(app_session):
     assert not [label for label in labels if label.startswith("value_")]
 
 
+def test_the_readmes_gradio_client_snippet_runs_as_written(app_session, capsys):
+    url, _, _, image = app_session
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"The named endpoint `/triage`.*?```python\n(.*?)```", readme, re.S).group(1)
+    exec(snippet.replace("http://127.0.0.1:7860/", url).replace('"photo.jpg"', repr(str(image))), {})
+    level = capsys.readouterr().out.splitlines()[-1].split()[0]  # (the client first prints "Loaded as API")
+    assert level in {"urgent", "refer", "routine"}
+
+
 def test_triage_api_takes_an_optional_photo_type_and_the_card_shows_it(app_session):
     from gradio_client import Client, handle_file
 
