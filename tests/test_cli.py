@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from conftest import shared_data, write_image
 from typer.testing import CliRunner
@@ -26,6 +27,22 @@ def test_data_list_shows_every_source_with_licence_and_how_to_obtain():
     assert "doi.org/10.7910/DVN/DBW86T" in listed["ham10000"]["obtain"]
     table = run("data", "list")
     assert table.exit_code == 0 and "ham10000" in table.output and "dermnet" in table.output
+
+
+def test_data_list_piped_keeps_every_url_and_fetch_command_on_one_line():
+    # CliRunner's output is not a terminal, like a pipe: rich would wrap it at 80 columns, breaking long URLs.
+    result = run("data", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    urls = {url for s in SOURCES.values() for url in re.findall(r"https?://[^\s)>\]]+", f"{s.obtain} {s.description}")}
+    assert any(len(url) > 80 for url in urls)  # the case this guards: longer than the width rich wraps at
+    for url in urls:
+        assert any(url in line for line in lines), f"{url} is broken across lines"
+    for source in SOURCES.values():
+        assert source.description in lines
+        assert all(step in lines for step in source.obtain.splitlines())
+        if source.fetch:
+            assert f"  or: skintriage data fetch {source.name} --dest DIR" in lines
 
 
 def test_summarize_generated_dermnet_folder(tmp_path):

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from skintriage import DISCLAIMER
-from skintriage.checkpoint import DEFAULT_BUNDLE, BundleError
-from skintriage.config import ConfigError
-from skintriage.data.records import ManifestError
-from skintriage.data.sources import SOURCES, FetchError, get_source
-from skintriage.data.sources.files import MetadataError
-from skintriage.data.splits import SPLIT_STRATEGIES, audit_leakage, hash_images, split_manifest
-from skintriage.data.summary import summarize_manifest
-from skintriage.taxonomy import UnknownLabelError
+
+# Only typer, rich and the package's light __init__ are imported here: the library modules (torch, timm,
+# pandas, albumentations, ...) are imported inside the commands that use them, so that `--help`,
+# `guidance` and `data list` start in well under a second (experiments/cli_startup). Nothing evaluated at
+# import time (the options' defaults and help texts below) may import them; tests/test_cli_startup.py
+# checks that importing this module loads neither torch nor gradio, and that the two constants copied
+# here still equal the library's.
+
+# = skintriage.checkpoint.DEFAULT_BUNDLE (this file sits next to checkpoint.py), without importing torch.
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
+# = skintriage.data.splits.SPLIT_STRATEGIES, without importing pandas for a help text.
+SPLIT_STRATEGIES = ("project", "official", "naive")
 
 app = typer.Typer(help=f"skintriage: skin-lesion triage research prototype. {DISCLAIMER}", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: list, fetch, summarize and audit the supported sources.", no_args_is_help=True)
@@ -34,19 +38,27 @@ HashImages = Annotated[
     bool, typer.Option("--hash-images/--no-hash-images", help="Group and audit identical/near-identical images.")
 ]
 Split = Annotated[str, typer.Option("--split", help=f"Split strategy: {', '.join(SPLIT_STRATEGIES)}.")]
-
-USER_ERRORS = (
-    ManifestError,
-    MetadataError,
-    UnknownLabelError,
-    FetchError,
-    ConfigError,
-    BundleError,
-    FileNotFoundError,
-    KeyError,
-    ValueError,
-)
 Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="Model bundle folder (model.json + model.safetensors).")]
+
+# The errors a command reports as "error: ..." with exit status 1 instead of a traceback: (module, class).
+_USER_ERROR_CLASSES = (
+    ("skintriage.data.records", "ManifestError"),
+    ("skintriage.data.sources.files", "MetadataError"),
+    ("skintriage.taxonomy", "UnknownLabelError"),
+    ("skintriage.data.sources.registry", "FetchError"),
+    ("skintriage.config", "ConfigError"),
+    ("skintriage.checkpoint", "BundleError"),
+)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exception classes reported to the user without a traceback (for ``except user_errors() as error``).
+
+    Looked up in ``sys.modules`` rather than imported: an error class can only have been raised if its module
+    was loaded, so this costs no import (an ``except`` clause evaluates it only when something was raised).
+    """
+    found = [getattr(sys.modules[module], name) for module, name in _USER_ERROR_CLASSES if module in sys.modules]
+    return (*found, FileNotFoundError, KeyError, ValueError)
 
 
 def _fail(error: Exception) -> None:
@@ -56,6 +68,9 @@ def _fail(error: Exception) -> None:
 
 
 def _load_and_split(source_name: str, root: Path, metadata: Path | None, split: str, seed: int, hash_all: bool):
+    from skintriage.data.sources import get_source
+    from skintriage.data.splits import hash_images, split_manifest
+
     source = get_source(source_name)
     manifest = source.load(root, metadata=metadata, on_missing="report", progress=True)
     hashes = hash_images(manifest, progress=True) if hash_all else None
@@ -68,6 +83,8 @@ def _load_and_split(source_name: str, root: Path, metadata: Path | None, split: 
 @data_app.command("list")
 def data_list(as_json: AsJson = False) -> None:
     """Every registered source: what it is, its licence and how to obtain it."""
+    from skintriage.data.sources import SOURCES
+
     if as_json:
         rows = [
             {
@@ -85,15 +102,19 @@ def data_list(as_json: AsJson = False) -> None:
         ]
         console.print_json(json.dumps(rows))
         return
+    # Rich wraps at the console width (80 columns when piped), which breaks URLs and commands across lines.
+    # The steps to obtain a source (where the URLs are) are never wrapped; piped, nothing is (a reader or grep
+    # gets each line whole); in a terminal, descriptions still wrap at word boundaries.
+    plain = not console.is_terminal
     for source in sorted(SOURCES.values(), key=lambda s: s.name):
         console.rule(f"[bold]{source.name}[/]: {source.title}", align="left")
-        console.print(source.description, highlight=False)
-        console.print(f"[bold]licence:[/] {source.licence}", highlight=False)
-        console.print(f"[bold]acquisition:[/] {source.acquisition or 'per image'}", highlight=False)
+        console.print(source.description, highlight=False, soft_wrap=plain)
+        console.print(f"[bold]licence:[/] {source.licence}", highlight=False, soft_wrap=plain)
+        console.print(f"[bold]acquisition:[/] {source.acquisition or 'per image'}", highlight=False, soft_wrap=plain)
         console.print("[bold]how to obtain it:[/]", highlight=False)
-        console.print(source.obtain, highlight=False, markup=False)
+        console.print(source.obtain, highlight=False, markup=False, soft_wrap=True)
         if source.fetch:
-            console.print(f"  or: skintriage data fetch {source.name} --dest DIR", highlight=False)
+            console.print(f"  or: skintriage data fetch {source.name} --dest DIR", highlight=False, soft_wrap=True)
         console.print()
 
 
@@ -108,10 +129,15 @@ def data_summarize(
     as_json: AsJson = False,
 ) -> None:
     """Counts per split x diagnosis x triage group, lesion/patient groups and missing files."""
+    from rich.table import Table
+
+    from skintriage.data.splits import audit_leakage
+    from skintriage.data.summary import summarize_manifest
+
     try:
         manifest, hashes, policy = _load_and_split(source, root, metadata, split, seed, hash_all)
         summary = summarize_manifest(manifest, leakage=audit_leakage(manifest, hashes), split_policy=policy)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         _fail(error)
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -148,10 +174,12 @@ def data_audit(
 
     Exits with status 2 when anything leaks, so that scripts can gate on it.
     """
+    from skintriage.data.splits import audit_leakage
+
     try:
         manifest, hashes, policy = _load_and_split(source, root, metadata, split, seed, hash_all)
         report = audit_leakage(manifest, hashes)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         _fail(error)
     result = {
         "source": source,
@@ -181,12 +209,14 @@ def data_fetch(
     dest: Annotated[Path, typer.Option("--dest", help="Folder to download into.")] = Path("data/downloads"),
 ) -> None:
     """Download a dataset where a scripted download exists, or print the exact manual steps."""
+    from skintriage.data.sources import FetchError, get_source
+
     try:
         chosen = get_source(source)
         if chosen.fetch is None:
             raise FetchError(f"{source} has no scripted download. To obtain it:\n{chosen.obtain}")
         chosen.fetch(dest / source)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         _fail(error)
     console.print(f"{source} downloaded into {dest / source}")
 
@@ -209,7 +239,7 @@ def train_command(
     try:
         config = load_config(config_path, **{"epochs": epochs, **parse_overrides(overrides or [])})
         bundle = train(config, out=out or Path("runs") / config.name, data_root=data_root)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         _fail(error)
     console.print(f"bundle written to {bundle}")
 
@@ -226,7 +256,7 @@ def fit_gates_command(
 
     try:
         bundle = refit_referral_gates(checkpoint, data_root=data_root)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         _fail(error)
     console.print(f"gates written to {bundle / 'model.json'}")
 
@@ -244,6 +274,7 @@ def evaluate_command(
 ) -> None:
     """Evaluate a model bundle (default: the bundled model) on a dataset and write the report."""
     from skintriage.checkpoint import load_bundle
+    from skintriage.data.sources import get_source
     from skintriage.evaluate import evaluate_bundle, write_evaluation
 
     try:
@@ -257,8 +288,10 @@ def evaluate_command(
                 raise ValueError(f"source {source!r} has no images in split {split!r}")
             manifest = type(manifest)(frame.reset_index(drop=True), manifest.root)
         result = evaluate_bundle(bundle, manifest.with_images(), name=source if split is None else f"{source}_{split}")
+        before = _file_states(out)
         write_evaluation(result, out)
-    except USER_ERRORS as error:
+        written = _written_since(before, out)
+    except user_errors() as error:
         _fail(error)
     m = result.metrics
     console.print(
@@ -268,27 +301,76 @@ def evaluate_command(
         f"{m['referral'].get('specificity', float('nan')):.4f}",
         highlight=False,
     )
-    console.print(f"wrote {out}/metrics.json, predictions.csv, report.md", highlight=False)
+    typer.echo(f"wrote {len(written)} files:")  # plain echo, not rich: a long path must not be wrapped
+    for path in written:
+        typer.echo(f"  {path}")
     console.print(DISCLAIMER, style="dim", highlight=False)
+
+
+def _file_states(folder: Path) -> dict[Path, tuple[int, int, int]]:
+    """(inode, mtime in ns, size) of every file under ``folder``: what :func:`_written_since` compares."""
+    states: dict[Path, tuple[int, int, int]] = {}
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                states[path] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return states
+
+
+def _written_since(before: dict[Path, tuple[int, int, int]], folder: Path) -> list[Path]:
+    """The files under ``folder`` that are new or changed since ``before``, in name order.
+
+    Taken from the folder rather than from a list of names, so that the listing stays true to what
+    ``write_evaluation`` writes (the plots included) when it changes; files written atomically always get a
+    new inode, so a rewrite with the same content is listed too, and a stale file from an earlier run is not.
+    """
+    return [path for path, state in _file_states(folder).items() if before.get(path) != state]
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".heic", ".heif"}
 
 
 def _expand(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder contributes its image files (by suffix), sorted, not recursing."""
+    """Files as given; a folder contributes its image files (by suffix), sorted, not recursing.
+
+    A file named more than once (twice, or directly and through its folder, or through a link) is kept once,
+    where it first appears: the same resolved path, so that it is neither predicted nor counted twice.
+    """
     out: list[Path] = []
+    seen: set[Path] = set()
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         else:
-            out.append(path)
+            found = [path]
+        for file in found:
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(file)
     return out
+
+
+def _overlay_path(folder: Path, image: Path, taken: set[Path]) -> Path:
+    """``<stem>_saliency.png`` in ``folder``, numbered (``_saliency_2``, ...) when an earlier image of the same
+    run took that name (``a/mole.png`` and ``b/mole.jpg``), so that no overlay overwrites another."""
+    path, n = folder / f"{image.stem}_saliency.png", 1
+    while path in taken:
+        n += 1
+        path = folder / f"{image.stem}_saliency_{n}.png"
+    taken.add(path)
+    return path
 
 
 @app.command("predict")
 def predict_command(
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images (JPEG, PNG, TIFF, ...).")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files or folders of images (JPEG, PNG, TIFF, ...); a file named more than once is predicted once."
+        ),
+    ],
     checkpoint: Checkpoint = DEFAULT_BUNDLE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image (JSON Lines).")] = False,
     age: Annotated[int | None, typer.Option("--age", help="Patient age in years.")] = None,
@@ -318,7 +400,12 @@ def predict_command(
         ),
     ] = None,
     saliency_dir: Annotated[
-        Path | None, typer.Option("--saliency", help="Write a Grad-CAM overlay PNG per image into this folder.")
+        Path | None,
+        typer.Option(
+            "--saliency",
+            help="Write a Grad-CAM overlay PNG per image into this folder and print where: a line 'saliency "
+            "overlay: PATH' after the image's result, on stdout, or with --json on stderr (stdout stays JSON Lines).",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
     acquisition: Annotated[
@@ -356,35 +443,39 @@ def predict_command(
             fair_skin=fair_skin,
         )
         predictor = Predictor.load(checkpoint)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         _fail(error)
     paths = _expand(images)
     if saliency_dir is not None:
         saliency_dir.mkdir(parents=True, exist_ok=True)
+        taken: set[Path] = set()
 
         def results():  # one image at a time: the overlay needs the decoded image and its own backward pass
             for path in paths:
                 try:
                     image = decode_image(path, name=str(path))
                 except (ImageDecodeError, OSError) as error:
-                    yield FileError(str(path), str(error))
+                    yield FileError(str(path), str(error)), None
                     continue
                 prediction = predictor.predict(
                     image, context, with_saliency=True, file=str(path), acquisition=acquisition
                 )
-                out = saliency_dir / f"{path.stem}_saliency.png"
+                out = _overlay_path(saliency_dir, path, taken)
                 predictor.overlay(image, prediction.heatmap).save(out)
-                yield prediction
+                yield prediction, out
     else:
 
         def results():
-            yield from predictor.predict_files(paths, context, batch_size=batch_size, acquisition=acquisition)
+            for result in predictor.predict_files(paths, context, batch_size=batch_size, acquisition=acquisition):
+                yield result, None
 
     failed = 0
-    for result in results():
+    for result, overlay in results():
         failed += isinstance(result, FileError)
         if as_json:
             print(json.dumps(result.to_dict()), flush=True)
+            if overlay is not None:  # plain echo, not rich: a long path must not be wrapped
+                typer.echo(f"saliency overlay: {overlay}", err=True)
         elif isinstance(result, FileError):
             typer.secho(f"error: {result.error}", err=True, fg=typer.colors.RED)
         else:
@@ -404,6 +495,8 @@ def predict_command(
                 console.print(f"  - {reason.text}", highlight=False)
             for entry in result.referral.differential:
                 console.print(f"  consider {entry.name}: {entry.why}", highlight=False)
+            if overlay is not None:
+                typer.echo(f"  saliency overlay: {overlay}")
     if not as_json:
         console.print(DISCLAIMER, style="dim", highlight=False)
     if failed:
@@ -489,7 +582,7 @@ def export_command(
         size = int(bundle.metadata["preprocessing"]["input_size"])
         pixels = torch.randn(verify_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         result = parity(bundle, OnnxRunner.load(path, bundle=bundle), [pixels])
-    except USER_ERRORS as error:
+    except user_errors() as error:
         _fail(error)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
     console.print(
@@ -540,7 +633,7 @@ def bench_command(
             data_root=data_root,
             on_section=lambda name, section: console.print(Markdown("\n".join(SECTION_WRITERS[name](section)))),
         )
-    except USER_ERRORS as error:
+    except user_errors() as error:
         _fail(error)
     console.print(f"wrote {out}/results.md, results.json" + ("" if only and "scaling" not in only else ", scaling.png"))
 

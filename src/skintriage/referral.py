@@ -34,9 +34,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from skintriage.taxonomy import DIAGNOSES, TriageGroup, is_malignant
-from skintriage.uncertainty import Uncertainty
+
+if TYPE_CHECKING:  # the record type only: importing uncertainty at run time would load torch and scikit-learn
+    from skintriage.uncertainty import Uncertainty
 
 HEATH_2008 = "Heath et al., J Am Acad Dermatol 2008;58:375-381 (PMID 18280333)"
 
@@ -764,6 +767,8 @@ def illustrative_decision(
     malignant_class = "scc" if non_pigmented else "mel"
     probabilities = {malignant_class: malignancy_probability, "nv": 1.0 - malignancy_probability}
     entropy = 1.0 if low_confidence else 0.0
+    from skintriage.uncertainty import Uncertainty  # here, so that importing the rules stays light
+
     uncertainty = Uncertainty(
         score=float(max(out_of_distribution * 1.0, low_confidence * 1.0)),
         ood_distance=float("nan"),
