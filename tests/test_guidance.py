@@ -26,6 +26,7 @@ from skintriage.guidance import (
     topic_ids,
     topics_for_differential,
 )
+from skintriage.referral import WORKUPS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DOCUMENTS = SHARED / "documents"
@@ -880,15 +881,7 @@ def _shown_for(key: str) -> tuple[list[str], str]:
 
 
 def test_mapping_keys_are_the_referral_engines_work_up_pathways():
-    assert set(DIFFERENTIAL_TOPICS) == {
-        "suspected_mcc",
-        "mcc_recurrence",
-        "metastasis",
-        "neuroendocrine_metastasis",
-        "other_malignant",
-        "cannot_assess",
-        "benign",
-    }
+    assert set(DIFFERENTIAL_TOPICS) == {*WORKUPS, "benign"}  # one list of pathways: the engine's
     for key, topics in DIFFERENTIAL_TOPICS.items():
         assert len(topics) == len(set(topics)), key
         assert set(topics) <= set(topic_ids()), key
