@@ -27,7 +27,7 @@ from skintriage import DISCLAIMER
 from skintriage.acquisition import AUTO, check_request
 from skintriage.cards import referral_card_html, saliency_html, threshold_scale_html
 from skintriage.checkpoint import DEFAULT_BUNDLE
-from skintriage.data.images import ImageDecodeError, decode_image
+from skintriage.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from skintriage.examples import DEFAULT_LIST, DemoExample, read_examples
 from skintriage.guidance import load_guidance, render_collapsible_html, render_markdown
 from skintriage.predict import Predictor
@@ -79,7 +79,8 @@ def example_gallery(examples: Path, data_root: Path) -> list[tuple[str, str]]:
         listed: list[DemoExample] = read_examples(examples, data_root)
         return [(str(e.path), e.caption) for e in listed[:MAX_EXAMPLES]]
     if examples.is_dir():
-        return [(str(p), p.name) for p in sorted(examples.glob("*.jpg"))[:MAX_EXAMPLES]]
+        images = sorted(p for p in examples.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return [(str(p), p.name) for p in images[:MAX_EXAMPLES]]
     return []
 
 

@@ -50,10 +50,10 @@ from skintriage.config import TrainConfig
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
 from skintriage.evaluate import evaluate_bundle, write_evaluation
+from skintriage.gates import fit_referral_gates
 from skintriage.inference import bundle_dataset, loader_for, predict_outputs
 from skintriage.models import create_model, get_head, normalization_for
 from skintriage.predict import Predictor
-from skintriage.train import fit_referral_gates
 
 CLASSES = ["mel", "nv"]
 runner = CliRunner()

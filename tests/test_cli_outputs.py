@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import write_image
-from PIL import Image
+from PIL import Image, features
 from typer.testing import CliRunner
 
 from skintriage import evaluate
 from skintriage.cli import DEFAULT_BUNDLE, _expand, app
+from skintriage.data.images import HEIF_REFUSED, IMAGE_SUFFIXES, PHOTO_SUFFIXES
 
 runner = CliRunner()
 needs_model = pytest.mark.skipif(
@@ -61,6 +62,43 @@ def test_predict_predicts_a_file_named_directly_and_through_its_folder_once(tmp_
 
     assert result.exit_code == 0, result.output
     assert [line["file"] for line in json_lines(result.stdout)] == [str(a), str(b)]
+
+
+# --- a folder: every photo the decoder reads or refuses with advice --------------------------------------
+
+
+def test_expand_lists_a_folders_photos_of_every_suffix_the_decoder_knows(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    photos = [write_image(folder / f"img{suffix}", seed=i) for i, suffix in enumerate(IMAGE_SUFFIXES)]
+    photos.append(write_image(folder / "upper.JPG", seed=20))  # the suffix's case does not matter
+    for suffix in (".heic", ".heif", ".avif"):  # refused by the decoder: listed, so that the user is told why
+        (folder / f"phone{suffix}").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
+        photos.append(folder / f"phone{suffix}")
+    not_an_image(folder / "notes.txt")
+    write_image(folder / "inner" / "deeper.jpg")  # not recursed into
+
+    assert {".avif", ".webp", ".tif", ".tiff", ".heic"} <= set(PHOTO_SUFFIXES)
+    assert _expand([folder]) == sorted(photos)
+
+
+@needs_model
+def test_predict_folder_predicts_webp_and_tiff_and_tells_to_convert_avif(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    webp = write_image(folder / "a.webp", size=(64, 48), seed=1, lossless=True)
+    tiff = write_image(folder / "b.tif", size=(64, 48), seed=2)
+    avif = folder / "c.avif"
+    if features.check("avif"):
+        write_image(avif, size=(64, 48), seed=3)
+    else:
+        avif.write_bytes(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf")
+
+    result = runner.invoke(app, ["predict", str(folder), "--json"])
+
+    assert result.exit_code == 1, result.output  # the AVIF photo
+    lines = json_lines(result.stdout)
+    assert [line["file"] for line in lines] == [str(webp), str(tiff), str(avif)]
+    assert all("referral" in line for line in lines[:2])
+    assert lines[2] == {"file": str(avif), "error": f"{avif}: {HEIF_REFUSED}"}
 
 
 # --- predict --saliency: where each overlay went ---------------------------------------------------------

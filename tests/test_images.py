@@ -10,9 +10,20 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, features
 
-from skintriage.data.images import ImageDecodeError, decode_array, decode_image, to_rgb
+from skintriage.data.images import (
+    DECODED_FORMATS,
+    HEIF_REFUSED,
+    IMAGE_SUFFIXES,
+    NOT_AN_IMAGE,
+    PHOTO_SUFFIXES,
+    REFUSED_SUFFIXES,
+    ImageDecodeError,
+    decode_array,
+    decode_image,
+    to_rgb,
+)
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -110,6 +121,30 @@ def test_pixel_limit_is_configurable():
     data = encode(Image.new("RGB", (100, 100)), "PNG")
     with pytest.raises(ImageDecodeError, match="100x100 pixels is larger than the limit of 5,000"):
         decode_image(data, name="big.png", max_pixels=5000)
+
+
+@pytest.mark.parametrize("suffix", IMAGE_SUFFIXES)
+def test_every_listed_suffix_names_a_format_the_decoder_reads(tmp_path, suffix):
+    (fmt,) = [name for name, suffixes in DECODED_FORMATS.items() if suffix in suffixes]
+    assert Image.registered_extensions()[suffix] == fmt.upper()  # Pillow names the same format
+    path = tmp_path / f"photo{suffix}"
+    Image.new("RGB", (24, 16), (120, 80, 60)).save(path)  # Pillow picks the format from the suffix
+    assert decode_image(path).size == (24, 16)
+    assert fmt in NOT_AN_IMAGE  # and the refusal of a non-image names it
+
+
+def test_photo_suffixes_are_the_decoded_ones_and_the_refused_ones():
+    assert set(PHOTO_SUFFIXES) == set(IMAGE_SUFFIXES) | set(REFUSED_SUFFIXES)
+    assert not set(IMAGE_SUFFIXES) & set(REFUSED_SUFFIXES)
+    assert all(suffix == suffix.lower() for suffix in PHOTO_SUFFIXES)
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow cannot write AVIF")
+def test_an_avif_photo_is_refused_with_the_advice_to_convert_it():
+    data = encode(Image.new("RGB", (24, 16), (120, 80, 60)), "AVIF")
+    with pytest.raises(ImageDecodeError, match="convert it to JPEG or PNG") as caught:
+        decode_image(data, name="IMG_0042.avif")
+    assert str(caught.value) == f"IMG_0042.avif: {HEIF_REFUSED}"
 
 
 def test_missing_file_and_directory_are_named(tmp_path):

@@ -33,11 +33,11 @@ from skintriage.referral import (
     ReferralDecision,
     ReferralPolicy,
     decide,
-    malignancy_probability,
     malignant_share,
     rules_markdown,
     top_malignant,
 )
+from skintriage.taxonomy import malignancy_probability
 from skintriage.uncertainty import Uncertainty
 
 CLASSES = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from skintriage.taxonomy import (
@@ -10,6 +11,8 @@ from skintriage.taxonomy import (
     UnknownLabelError,
     is_malignant,
     label_map,
+    malignancy_probability,
+    malignant_indices,
     normalise_label,
 )
 
@@ -23,6 +26,19 @@ def test_four_triage_groups_and_each_diagnosis_in_one_of_them():
 
 def test_akiec_is_on_the_malignant_side():
     assert DIAGNOSES["akiec"].group is TriageGroup.OTHER_MALIGNANT
+
+
+def test_one_malignancy_sum_by_code_and_by_array():
+    from skintriage.metrics import malignancy_score
+
+    codes = ["mel", "nv", "akiec", "bkl", "mcc"]
+    assert malignant_indices(codes) == [0, 2, 4]
+    rows = np.random.default_rng(0).dirichlet(np.ones(len(codes)), size=50)
+    by_code = [malignancy_probability(dict(zip(codes, row.tolist(), strict=True))) for row in rows]
+    assert malignancy_score(rows, codes).tolist() == by_code  # the same sum, to the bit
+    assert malignancy_probability({"mel": 0.6, "bcc": 0.4 + 1e-15, "nv": 0.0}) == 1.0  # capped at 1
+    with pytest.raises(ValueError, match="unknown diagnosis codes"):
+        malignancy_probability({"mel": 0.5, "mole": 0.5})
     assert is_malignant("other_malignant") and is_malignant(TriageGroup.MCC) and not is_malignant("benign")
 
 

@@ -28,8 +28,9 @@ from skintriage.checkpoint import load_bundle
 from skintriage.config import load_config
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
+from skintriage.data.training import training_manifest
 from skintriage.evaluate import evaluate_bundle
-from skintriage.train import SPLITS_FILE, training_manifest
+from skintriage.train import SPLITS_FILE
 
 HERE = Path(__file__).resolve().parent
 MAIN_CONFIG = Path("configs/pretrained_lite0.yaml")

@@ -21,8 +21,8 @@ from skintriage.atomic import atomic_write_text
 from skintriage.config import load_config
 from skintriage.data.sources import get_source
 from skintriage.data.splits import audit_leakage, concat_hashes, hash_images, near_duplicate_pairs
+from skintriage.data.training import combine, training_manifest
 from skintriage.report import markdown_table
-from skintriage.train import combine, training_manifest
 
 HERE = Path(__file__).resolve().parent
 

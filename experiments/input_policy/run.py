@@ -48,9 +48,9 @@ from skintriage.checkpoint import DEFAULT_BUNDLE
 from skintriage.config import TrainConfig
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.records import Manifest
+from skintriage.data.training import training_manifest
 from skintriage.predict import Predictor
 from skintriage.taxonomy import is_malignant
-from skintriage.train import training_manifest
 
 HERE = Path(__file__).resolve().parent
 TYPES = ("dermoscopic", "clinical")
@@ -583,8 +583,8 @@ def write_markdown(results: dict, path: Path) -> None:
         "* `skintriage.explain.crop_box` / `heatmap_on_image` / `overlay` and `Predictor.overlay`: they replicate the "
         "centre-crop geometry to map the Grad-CAM heatmap back onto the photo.",
         "* Re-calibration, since temperatures, thresholds and embeddings change: `calibration.calibrate` / "
-        "`calibrate_by_acquisition` in `train.finish`, and `train.fit_referral_gates` (uncertainty gate and "
-        "acquisition classifier; `train.refit_referral_gates` for an existing bundle).",
+        "`calibrate_by_acquisition` in `train.finish`, and `gates.fit_referral_gates` (uncertainty gate and "
+        "acquisition classifier; `gates.refit_referral_gates` for an existing bundle).",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -35,10 +35,10 @@ from skintriage.checkpoint import DEFAULT_BUNDLE
 from skintriage.config import TrainConfig
 from skintriage.data.images import decode_image
 from skintriage.data.sources import get_source
+from skintriage.data.training import training_manifest
 from skintriage.predict import Prediction, Predictor
 from skintriage.referral import ClinicalContext
 from skintriage.taxonomy import DIAGNOSES, MALIGNANT_GROUPS
-from skintriage.train import training_manifest
 
 HERE = Path(__file__).resolve().parent
 LEVELS = ("routine", "refer", "urgent")

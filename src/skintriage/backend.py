@@ -23,10 +23,10 @@ from typing import Literal
 
 import torch
 
-from skintriage.bench.timing import interleaved
 from skintriage.checkpoint import Bundle
 from skintriage.inference import forward
 from skintriage.onnx_backend import ONNX_FILE, OnnxModelError, OnnxRunner, compare_outputs
+from skintriage.timing import interleaved
 
 Backend = Literal["torch", "onnx", "auto"]
 BACKENDS = ("torch", "onnx", "auto")
@@ -101,5 +101,5 @@ def _checked_runner(bundle: Bundle, path: Path) -> OnnxRunner:
 def _median_latencies_ms(bundle: Bundle, runner: OnnxRunner, *, repeats: int) -> dict[str, float]:
     pixels = _probe(bundle)
     engines = {"torch": lambda _: _torch_forward(bundle, pixels), "onnx": lambda _: runner(pixels)}
-    timings = interleaved(engines, warmup=1, repeats=repeats, progress=False)  # the benchmark's own timer
+    timings = interleaved(engines, warmup=1, repeats=repeats, progress=False)  # the benchmarks' timer
     return {name: round(1e3 * timing.p50, 3) for name, timing in timings.items()}

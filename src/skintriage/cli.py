@@ -252,7 +252,7 @@ def fit_gates_command(
     """Fit a bundle's gates on its own training/validation split (training does this): the urgent threshold, the
     per-acquisition calibration, the uncertainty gate and the acquisition classifier. The weights and the pooled
     temperature and referral threshold are kept."""
-    from skintriage.train import refit_referral_gates
+    from skintriage.gates import refit_referral_gates
 
     try:
         bundle = refit_referral_gates(checkpoint, data_root=data_root)
@@ -328,20 +328,22 @@ def _written_since(before: dict[Path, tuple[int, int, int]], folder: Path) -> li
     return [path for path, state in _file_states(folder).items() if before.get(path) != state]
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".heic", ".heif"}
-
-
 def _expand(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder contributes its image files (by suffix), sorted, not recursing.
+    """Files as given; a folder contributes its photos by suffix, sorted, not recursing.
+
+    The suffixes are the decoder's ``PHOTO_SUFFIXES``: HEIC and AVIF photos, which it refuses, are listed too, so
+    that each is reported with the advice to convert it rather than skipped silently.
 
     A file named more than once (twice, or directly and through its folder, or through a link) is kept once,
     where it first appears: the same resolved path, so that it is neither predicted nor counted twice.
     """
+    from skintriage.data.images import PHOTO_SUFFIXES
+
     out: list[Path] = []
     seen: set[Path] = set()
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
         else:
             found = [path]
         for file in found:

@@ -15,9 +15,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from skintriage.data.splits import SPLIT_STRATEGIES
-from skintriage.models import list_models
 from skintriage.taxonomy import DIAGNOSES
+
+# The model registry (torch, torchvision, timm) and the split code (pandas) are imported inside the validators
+# that check a name against them, so that importing this module stays light: reading a config pays for them,
+# importing the types does not.
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,8 @@ class SourceConfig(_Strict):
     @field_validator("split")
     @classmethod
     def _known_split(cls, value: str) -> str:
+        from skintriage.data.splits import SPLIT_STRATEGIES
+
         if value not in SPLIT_STRATEGIES:
             raise ValueError(f"split must be one of {SPLIT_STRATEGIES}, not {value!r}")
         return value
@@ -98,6 +102,8 @@ class TrainConfig(_Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
+        from skintriage.models import list_models
+
         if value not in list_models():
             raise ValueError(f"unknown model {value!r}; registered: {', '.join(list_models())}")
         return value

@@ -30,87 +30,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from skintriage import DISCLAIMER, metrics
-from skintriage.acquisition import AcquisitionAccuracy, AcquisitionClassifier, acquisition_accuracy
+from skintriage.acquisition import AcquisitionClassifier, acquisition_accuracy
 from skintriage.atomic import atomic_write_text
 from skintriage.calibration import (
     AcquisitionCalibration,
     acquisition_calibrations,
-    class_balanced_probabilities,
     probabilities_at_temperature,
     probabilities_at_temperatures,
 )
 from skintriage.checkpoint import Bundle
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
+from skintriage.evaluation_result import BOOTSTRAP_RESAMPLES, EvaluationResult
 from skintriage.inference import bundle_dataset, decision_prior, loader_for, predict_outputs
-from skintriage.taxonomy import is_malignant, label_map
+from skintriage.taxonomy import label_map
 
-BOOTSTRAP_RESAMPLES = 1000
 UNKNOWN = -1  # label of a row whose diagnosis the model has no output for
 REPORTED_SPECIFICITY = 0.70  # the issue's referral target: sensitivity >= 0.95 at specificity >= 0.70
-
-
-@dataclass
-class EvaluationResult:
-    name: str
-    class_names: list[str]
-    frame: pd.DataFrame  # manifest rows that were scored, in prediction order
-    logits: np.ndarray
-    labels: np.ndarray  # index into class_names
-    probabilities: np.ndarray  # calibrated, full model output
-    label_space: list[int]  # columns the multiclass metrics use
-    referral_threshold: float | None
-    n_excluded: int
-    metrics: dict
-    decision_prior: np.ndarray | None = None  # class call = argmax of p / prior (class-balanced); None: argmax of p
-    embeddings: np.ndarray | None = None  # head-input embeddings, when they were collected
-    acquisition_accuracy: AcquisitionAccuracy | None = None  # the bundle's acquisition classifier on this set
-    referral_per_acquisition: dict | None = None  # see :func:`referral_per_acquisition`
-
-    def space_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(labels as indices into the label space, restricted probabilities, weights): what the multiclass
-        metrics and plots see. Rows outside the label space (or with ``score_weight`` 0) get weight 0."""
-        position = {column: i for i, column in enumerate(self.label_space)}
-        weights = self.frame["score_weight"].astype(float).to_numpy()
-        weights = np.where(np.isin(self.labels, self.label_space), weights, 0.0)
-        labels = np.array([position.get(int(c), 0) for c in self.labels], dtype=int)
-        return labels, restricted(self.probabilities, self.label_space), weights
-
-    def decision_view(self) -> np.ndarray:
-        """Label-space probabilities whose arg-max is the model's class call (see ``calibration``)."""
-        if self.decision_prior is None:
-            return restricted(self.probabilities, self.label_space)
-        return restricted(class_balanced_probabilities(self.probabilities, self.decision_prior), self.label_space)
-
-    def referral_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(malignancy score, malignant truth from the triage group, weights) over every row, as deployed."""
-        score = metrics.malignancy_score(self.probabilities, self.class_names)
-        malignant = self.frame["triage_group"].map(is_malignant).to_numpy(dtype=bool)
-        return score, malignant, self.frame["score_weight"].astype(float).to_numpy()
-
-    @property
-    def label_space_names(self) -> list[str]:
-        return [self.class_names[c] for c in self.label_space]
-
-    def headline(self) -> dict:
-        keys = (
-            "n_images",
-            "accuracy",
-            "balanced_accuracy",
-            "macro_auc",
-            "ece",
-            "referral",
-            "ci95",
-            "acquisition_accuracy",
-        )
-        return {key: self.metrics[key] for key in keys if key in self.metrics}
 
 
 def source_label_space(frame: pd.DataFrame, class_names: list[str]) -> list[int]:
@@ -123,11 +65,6 @@ def source_label_space(frame: pd.DataFrame, class_names: list[str]) -> list[int]
             return list(range(len(class_names)))
     space = [i for i, name in enumerate(class_names) if name in codes]
     return space or list(range(len(class_names)))
-
-
-def restricted(probabilities: np.ndarray, columns: list[int]) -> np.ndarray:
-    p = probabilities[:, columns]
-    return p / p.sum(axis=1, keepdims=True)
 
 
 def multiclass_block(

@@ -90,7 +90,7 @@ def saliency(
     ``model`` is built by :func:`skintriage.models.create_model` (the head is found from its
     ``skintriage_config``) and must be in eval mode. ``target="class"``: explain ``class_index`` (default:
     the argmax class). ``target="malignancy"``: explain ``log sum softmax(logits / temperature)`` over
-    ``malignant_indices`` (e.g. ``np.flatnonzero(metrics.malignant_columns(bundle.classes))`` with the
+    ``malignant_indices`` (``taxonomy.malignant_indices(bundle.classes)``, with the
     bundle's temperature), which is what the referral decision thresholds.
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] != 1:

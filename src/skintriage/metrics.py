@@ -139,6 +139,19 @@ def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(probabilities).argmax(axis=1)
 
 
+def decision_probabilities(probabilities: np.ndarray, prior: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    """Probabilities whose arg-max (:func:`predicted_classes`) is a bundle's class call: the one place that rule is applied.
+
+    ``prior=None``: the plain arg-max, so ``probabilities`` as they are. Otherwise the class-balanced arg-max
+    (``calibration``'s notes): each probability divided by its class's training ``prior``, renormalised per row.
+    Probabilities, AUCs and the malignancy score never use these; only the class call (accuracy, confusion) does.
+    """
+    if prior is None:
+        return np.asarray(probabilities)
+    adjusted = np.asarray(probabilities, dtype=np.float64) / np.asarray(prior, dtype=np.float64)
+    return adjusted / adjusted.sum(axis=1, keepdims=True)
+
+
 def confusion_matrix(
     y_true: np.ndarray | Sequence[int], probabilities: np.ndarray, weights: np.ndarray | Sequence[float] | None = None
 ) -> np.ndarray:
@@ -328,20 +341,22 @@ def partial_auc_above_tpr(
 def malignant_columns(class_codes: Sequence[str]) -> np.ndarray:
     """Boolean mask over ``class_codes`` (canonical diagnosis codes): which classes are malignant.
 
-    Which are malignant comes from the taxonomy (``akiec`` counts as malignant, see ``taxonomy.py``).
+    Which are malignant comes from the taxonomy (:func:`skintriage.taxonomy.malignant_indices`; ``akiec``
+    counts as malignant, see ``taxonomy.py``).
     """
-    unknown = [c for c in class_codes if c not in taxonomy.DIAGNOSES]
-    if unknown:
-        raise ValueError(f"unknown diagnosis codes {unknown}; expected codes from skintriage.taxonomy.DIAGNOSES")
-    return np.array([taxonomy.is_malignant(taxonomy.DIAGNOSES[c].group) for c in class_codes], dtype=bool)
+    mask = np.zeros(len(class_codes), dtype=bool)
+    mask[taxonomy.malignant_indices(class_codes)] = True
+    return mask
 
 
 def malignancy_score(probabilities: np.ndarray, class_codes: Sequence[str]) -> np.ndarray:
-    """Summed probability of the malignant classes (:func:`malignant_columns`): what a referral threshold is applied to."""
+    """Per row, :func:`skintriage.taxonomy.malignancy_probability`: the summed probability of the malignant classes
+    (:func:`skintriage.taxonomy.malignant_indices`), at most 1; what a referral threshold is applied to."""
     p = np.asarray(probabilities, dtype=float)
     if p.ndim != 2 or p.shape[1] != len(class_codes):
         raise ValueError(f"probabilities {p.shape} do not have one column per class code ({len(class_codes)})")
-    return np.clip(p[:, malignant_columns(class_codes)].sum(axis=1), 0.0, 1.0)  # float sums can reach 1 + 2e-16
+    # float sums can reach 1 + 2e-16
+    return np.clip(p[:, taxonomy.malignant_indices(class_codes)].sum(axis=1), 0.0, 1.0)
 
 
 def _operating_points(s: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -36,7 +36,6 @@ from skintriage.backend import Backend, BackendChoice, choose_backend
 from skintriage.calibration import (
     AcquisitionCalibration,
     acquisition_calibrations,
-    class_balanced_probabilities,
     probabilities_at_temperatures,
 )
 from skintriage.checkpoint import DEFAULT_BUNDLE, Bundle, load_bundle
@@ -46,9 +45,9 @@ from skintriage.data.prefetch import prefetch_decoded
 from skintriage.explain import crop_box, overlay, saliency
 from skintriage.guidance import topics_for_differential
 from skintriage.inference import decision_prior, eval_preset, forward
-from skintriage.metrics import malignant_columns
-from skintriage.referral import ClinicalContext, ReferralDecision, ReferralPolicy, decide, malignancy_probability
-from skintriage.taxonomy import DIAGNOSES, TriageGroup
+from skintriage.metrics import decision_probabilities
+from skintriage.referral import ClinicalContext, ReferralDecision, ReferralPolicy, decide
+from skintriage.taxonomy import DIAGNOSES, TriageGroup, malignancy_probability, malignant_indices
 from skintriage.uncertainty import Uncertainty, UncertaintyGate
 
 
@@ -157,7 +156,7 @@ class Predictor:
             else None
         )
         self.prior = decision_prior(bundle)
-        self.malignant_indices = np.flatnonzero(malignant_columns(self.classes)).tolist()
+        self.malignant_indices = malignant_indices(self.classes)
 
     @classmethod
     def load(
@@ -337,10 +336,7 @@ class Predictor:
         return self._predictions(logits, embedding, [context] * len(files), files, [None] * len(files), used)
 
     def _class_call(self, probabilities: np.ndarray) -> str:
-        scored = (
-            probabilities if self.prior is None else class_balanced_probabilities(probabilities[None], self.prior)[0]
-        )
-        return self.classes[int(np.argmax(scored))]
+        return self.classes[int(np.argmax(decision_probabilities(probabilities[None], self.prior)[0]))]
 
     def _predictions(self, logits, embedding, contexts, files, heatmaps, acquisitions=None) -> list[Prediction]:
         """``acquisitions``: one :class:`AcquisitionUsed` per row (default: "auto" for every row)."""

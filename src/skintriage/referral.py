@@ -36,7 +36,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from skintriage.taxonomy import DIAGNOSES, TriageGroup, is_malignant
+from skintriage.taxonomy import DIAGNOSES, TriageGroup, is_malignant, malignancy_probability
 
 if TYPE_CHECKING:  # the record type only: importing uncertainty at run time would load torch and scikit-learn
     from skintriage.uncertainty import Uncertainty
@@ -500,11 +500,6 @@ class ReferralDecision:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def malignancy_probability(probabilities: Mapping[str, float]) -> float:
-    """Summed probability of the malignant classes (what the referral thresholds apply to), at most 1."""
-    return min(1.0, sum(p for c, p in probabilities.items() if is_malignant(DIAGNOSES[c].group)))
 
 
 def malignant_share(probabilities: Mapping[str, float], classes: Sequence[str]) -> float:

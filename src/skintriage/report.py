@@ -3,7 +3,7 @@
 ``metrics.json`` is complete but unreadable at a glance; a reviewer deciding whether the referral
 threshold is safe needs the ROC curve with the operating point on it, the reliability diagram and the
 confusion matrix next to the numbers, and the disclaimer before any of them. Everything here is
-computed from an :class:`~skintriage.evaluate.EvaluationResult` (or a bundle's ``model.json``) with
+computed from an :class:`~skintriage.evaluation_result.EvaluationResult` (or a bundle's ``model.json``) with
 the same conventions as ``evaluate.py``, so a plot never disagrees with the number printed beside it:
 
 * multiclass plots (per-class ROC, reliability, confusion) use the probabilities restricted to the
@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from skintriage import DISCLAIMER, metrics
 from skintriage.atomic import atomic_path, atomic_write_text
 from skintriage.data.sources import SOURCES
-from skintriage.evaluate import BOOTSTRAP_RESAMPLES, EvaluationResult
+from skintriage.evaluation_result import BOOTSTRAP_RESAMPLES, EvaluationResult
 from skintriage.models import MODELS
 from skintriage.taxonomy import DIAGNOSES, is_malignant
 

@@ -17,6 +17,7 @@ benign would under-refer. Actinic keratoses from other sources (PAD-UFES-20 ``AC
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -148,3 +149,24 @@ def label_map_names() -> list[str]:
 
 def is_malignant(group: TriageGroup | str) -> bool:
     return TriageGroup(group) in MALIGNANT_GROUPS
+
+
+def malignant_indices(class_codes: Sequence[str]) -> list[int]:
+    """Positions in ``class_codes`` (canonical diagnosis codes) of the malignant classes, in order.
+
+    The one list behind every malignancy score: :func:`malignancy_probability` (one image, by code) and
+    ``metrics.malignancy_score`` (an array of rows) both sum the probabilities at these positions.
+    """
+    unknown = [c for c in class_codes if c not in DIAGNOSES]
+    if unknown:
+        raise ValueError(f"unknown diagnosis codes {unknown}; expected codes from skintriage.taxonomy.DIAGNOSES")
+    return [i for i, c in enumerate(class_codes) if is_malignant(DIAGNOSES[c].group)]
+
+
+def malignancy_probability(probabilities: Mapping[str, float]) -> float:
+    """Summed probability of the malignant classes (what the referral thresholds apply to), at most 1.
+
+    ``probabilities`` is keyed by diagnosis code; ``metrics.malignancy_score`` is the same sum for an array of rows.
+    """
+    values = list(probabilities.values())
+    return min(1.0, sum(values[i] for i in malignant_indices(list(probabilities))))

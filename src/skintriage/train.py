@@ -4,7 +4,7 @@ Read top to bottom, a run is:
 
 1. **Data.** Each source in the config is loaded into a manifest and split with the project's
    grouped split (patient, lesion, identical and near-identical images never straddle splits); the
-   sources are combined and the split written to ``splits.csv``.
+   sources are combined (:mod:`skintriage.data.training`) and the split written to ``splits.csv``.
 2. **Model and optimiser.** ``create_model`` with a head for the classes present in training;
    AdamW (or SGD) without weight decay on norms and biases; per-step learning rate with a linear
    warm-up and a cosine decay; an exponential moving average (EMA) of the weights.
@@ -14,8 +14,9 @@ Read top to bottom, a run is:
    added to ``log.csv`` and the complete training state is saved to ``last.pt``.
 4. **Finish.** The best weights are rounded as the bundle stores them, calibrated on validation
    (temperature, referral threshold; pooled, then per acquisition type), given their referral gates
-   (urgent threshold, uncertainty gate, the dermoscopic-or-clinical classifier) and written as a bundle
-   (``bundle/``); then every test set is evaluated and reported (``eval/<name>/``). Test sets choose nothing.
+   (:mod:`skintriage.gates`: urgent threshold, uncertainty gate, the dermoscopic-or-clinical classifier) and
+   written as a bundle (``bundle/``); then every test set is evaluated and reported (``eval/<name>/``). Test
+   sets choose nothing.
 
 **Resuming.** Rerunning the same command on the same ``--out`` folder continues after the last
 completed epoch. Every epoch reseeds the augmentation and the sampler from ``(seed, epoch)``, so a
@@ -40,7 +41,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -58,38 +58,16 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from skintriage import metrics
-from skintriage.acquisition import acquisition_accuracy, fit_acquisition_classifier, training_problem
 from skintriage.atomic import atomic_path, atomic_write_text
-from skintriage.calibration import (
-    calibrate,
-    calibrate_by_acquisition,
-    class_balanced_probabilities,
-    probabilities_at_temperature,
-    probabilities_at_temperatures,
-    urgent_threshold,
-)
-from skintriage.checkpoint import (
-    Bundle,
-    load_bundle,
-    load_training_state,
-    round_to_bundle,
-    save_bundle,
-    save_training_state,
-)
-from skintriage.config import ConfigError, SourceConfig, TrainConfig, load_config, parse_overrides
+from skintriage.calibration import calibrate, class_balanced_probabilities, probabilities_at_temperature
+from skintriage.checkpoint import load_bundle, load_training_state, round_to_bundle, save_bundle, save_training_state
+from skintriage.config import ConfigError, TrainConfig, load_config, parse_overrides
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetEval, ClassificationPresetTrain
-from skintriage.data.records import ACQUISITIONS, Manifest
+from skintriage.data.records import Manifest
 from skintriage.data.samplers import DistributedWeightedSampler
 from skintriage.data.sources import get_source
-from skintriage.data.splits import (
-    DuplicateMove,
-    ImageHashes,
-    concat_hashes,
-    hash_images,
-    resolve_cross_source_duplicates,
-    split_manifest,
-)
+from skintriage.data.training import TrainingData, training_manifest
 from skintriage.distributed import (
     World,
     all_reduce_sum,
@@ -102,18 +80,11 @@ from skintriage.distributed import (
     wrap,
 )
 from skintriage.evaluate import evaluate_bundle, evaluation_result, multiclass_block, write_evaluation
-from skintriage.inference import (
-    Outputs,
-    bundle_dataset,
-    loader_for,
-    predict_logits,
-    predict_outputs,
-    resolve_device,
-)
+from skintriage.gates import fit_referral_gates
+from skintriage.inference import predict_logits, resolve_device
 from skintriage.models import create_model, get_spec, normalization_for
 from skintriage.report import write_model_card
 from skintriage.taxonomy import DIAGNOSES
-from skintriage.uncertainty import fit_uncertainty_gate
 
 STATE_FILE = "last.pt"
 BEST_FILE = "best.safetensors"
@@ -122,47 +93,6 @@ SPLITS_FILE = "splits.csv"
 
 
 # --- 1. data ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """The combined, split manifest of a config's sources, how each was split, the rows moved so that
-    no photo straddles splits across sources, and the image hashes that found them (row for row)."""
-
-    manifest: Manifest
-    policies: list[dict]
-    cross_source_moves: list[DuplicateMove]
-    hashes: ImageHashes
-
-
-def load_split_source(
-    config: TrainConfig, source_config: SourceConfig, *, data_root: Path | None, progress: bool
-) -> tuple[Manifest, dict, ImageHashes]:
-    """One source, loaded and split as the config says; returns the manifest, the split policy and the hashes."""
-    source = get_source(source_config.name)
-    manifest = source.load(config.source_root(source_config, data_root), progress=progress).with_images()
-    hashes = hash_images(manifest, progress=progress)
-    split, policy = split_manifest(
-        manifest,
-        strategy=source_config.split,
-        fractions=source.split_fractions,
-        seed=config.split_seed,
-        hashes=hashes if source_config.split == "project" else None,
-    )
-    return split, {"source": source.name, "licence": source.licence, "citation": source.citation, **policy}, hashes
-
-
-def combine(manifests: list[Manifest]) -> Manifest:
-    root = Path(os.path.commonpath([str(Path(m.root).resolve()) for m in manifests]))
-    return Manifest.concat(manifests, root=root)
-
-
-def training_manifest(config: TrainConfig, *, data_root: Path | None = None, progress: bool = True) -> TrainingData:
-    loaded = [load_split_source(config, s, data_root=data_root, progress=progress) for s in config.sources]
-    combined = combine([manifest for manifest, _, _ in loaded])
-    hashes = concat_hashes([hashes for _, _, hashes in loaded])
-    manifest, moves = resolve_cross_source_duplicates(combined, hashes)
-    return TrainingData(manifest, [policy for _, policy, _ in loaded], moves, hashes)
 
 
 def class_names_for(config: TrainConfig, train_frame: pd.DataFrame) -> list[str]:
@@ -476,148 +406,6 @@ def choose_class_call(
         "training_prior": prior.tolist(),
         "validation_balanced_accuracy": scores,
     }
-
-
-@dataclass(frozen=True)
-class ReferralGates:
-    """What :func:`fit_referral_gates` fits: the ``model.json`` fields it replaces and the tensor files they hash."""
-
-    calibration: dict  # the pooled calibration as it was, with a refitted "urgent" and "by_acquisition"
-    uncertainty: dict  # the uncertainty gate's summary
-    uncertainty_tensors: dict[str, torch.Tensor]
-    acquisition_classifier: dict | None  # its summary; None when training lacked two acquisition types to learn
-    acquisition_tensors: dict[str, torch.Tensor] | None
-
-    def apply(self, metadata: dict) -> dict:
-        """``metadata`` with these fields replaced; a classifier that could not be fitted removes a stale one."""
-        out = {**metadata, "calibration": self.calibration, "uncertainty": self.uncertainty}
-        out.pop("acquisition_classifier", None)
-        if self.acquisition_classifier is not None:
-            out["acquisition_classifier"] = self.acquisition_classifier
-        return out
-
-    def save(self, directory: Path, model: nn.Module, metadata: dict, *, half: bool) -> Path:
-        """:func:`save_bundle` with these gates' fields and tensor files."""
-        return save_bundle(
-            directory,
-            model,
-            self.apply(metadata),
-            half=half,
-            uncertainty_tensors=self.uncertainty_tensors,
-            acquisition_tensors=self.acquisition_tensors,
-        )
-
-
-def acquisition_of(rows: pd.DataFrame, outputs: Outputs) -> np.ndarray:
-    """Each predicted row's recorded acquisition type (``None`` where the source records none), in output order."""
-    return rows["acquisition"].to_numpy(dtype=object)[outputs.rows]
-
-
-def fit_referral_gates(
-    bundle: Bundle, manifest: Manifest, config: TrainConfig, *, progress: bool = True
-) -> ReferralGates:
-    """The referral engine's gates for a calibrated bundle, from one pass over its training and validation images.
-
-    * the pooled urgent threshold (at the pooled temperature, which is kept as it is);
-    * ``calibration.by_acquisition``: temperature, referral and urgent thresholds per acquisition type,
-      on that type's validation images (pooled values where a type has too few; see ``calibration``);
-    * the uncertainty gate: class Gaussians on training embeddings, thresholds on validation, whose
-      entropies are taken at each image's own acquisition-type temperature, as predictions will be;
-    * the acquisition classifier on the training embeddings' types, its accuracy on validation.
-
-    Embeddings come from the bundle's own (rounded) weights with evaluation preprocessing.
-    """
-    frame = manifest.frame
-
-    def outputs(split: str) -> tuple[Outputs, np.ndarray]:
-        rows = frame[(frame.split == split) & frame.diagnosis.isin(bundle.classes)].reset_index(drop=True)
-        loader = loader_for(bundle_dataset(bundle, Manifest(rows, manifest.root)))
-        predicted = predict_outputs(
-            bundle.model, loader, embeddings=True, progress=progress, description=f"{split} embeddings"
-        )
-        return predicted, acquisition_of(rows, predicted)
-
-    (train, train_kinds), (val, val_kinds) = outputs("train"), outputs("val")
-    urgent = urgent_threshold(
-        probabilities_at_temperature(val.logits, bundle.temperature),
-        val.labels,
-        bundle.classes,
-        target_specificity=config.urgent_specificity,
-    )
-    pooled = {k: v for k, v in bundle.metadata.get("calibration", {}).items() if k != "by_acquisition"}
-    pooled["urgent"] = urgent
-    by_acquisition = calibrate_by_acquisition(
-        val.logits,
-        val.labels,
-        val_kinds,
-        bundle.classes,
-        pooled=pooled,
-        target_sensitivity=config.target_sensitivity,
-        target_specificity=config.urgent_specificity,
-    )
-    temperatures = [by_acquisition[k].temperature if k in by_acquisition else bundle.temperature for k in val_kinds]
-    val_probabilities = probabilities_at_temperatures(val.logits, temperatures)
-    gate = fit_uncertainty_gate(
-        train_embeddings=train.embeddings,
-        train_labels=train.labels,
-        val_embeddings=val.embeddings,
-        val_probabilities=val_probabilities,
-        ood_quantile=config.ood_quantile,
-        low_confidence_quantile=config.low_confidence_quantile,
-    )
-    validation = gate.assess(val.embeddings, val_probabilities)
-    summary = {
-        **gate.summary(),
-        "probabilities": "validation entropies at each image's acquisition-type temperature",
-        "fitted_on": {"train_images": len(train.labels), "validation_images": len(val.labels)},
-        "validation_rates": {
-            "out_of_distribution": float(np.mean([u.out_of_distribution for u in validation])),
-            "low_confidence": float(np.mean([u.low_confidence for u in validation])),
-            "cannot_assess": float(np.mean([u.cannot_assess for u in validation])),
-        },
-    }
-    classifier_summary, classifier_tensors = fit_bundle_acquisition_classifier(train, train_kinds, val, val_kinds)
-    return ReferralGates(
-        calibration={**pooled, "by_acquisition": {kind: c.to_dict() for kind, c in by_acquisition.items()}},
-        uncertainty=summary,
-        uncertainty_tensors=gate.tensors(),
-        acquisition_classifier=classifier_summary,
-        acquisition_tensors=classifier_tensors,
-    )
-
-
-def fit_bundle_acquisition_classifier(
-    train: Outputs, train_kinds: np.ndarray, val: Outputs, val_kinds: np.ndarray
-) -> tuple[dict | None, dict[str, torch.Tensor] | None]:
-    """(``model.json`` summary, tensors) of the classifier fitted on the training embeddings with a recorded type;
-    ``(None, None)`` when the training split does not hold enough images of both types to learn them."""
-    known = np.isin(train_kinds, ACQUISITIONS)
-    if training_problem(train_kinds[known]) is not None:
-        return None, None
-    classifier = fit_acquisition_classifier(train.embeddings[known], train_kinds[known])
-    counts = {kind: int((train_kinds == kind).sum()) for kind in ACQUISITIONS}
-    summary = {
-        **classifier.summary(),
-        "fitted_on": {"train_images": int(known.sum()), **counts},
-        "validation_accuracy": acquisition_accuracy(classifier, val.embeddings, val_kinds).to_dict(),
-    }
-    return summary, classifier.tensors()
-
-
-def refit_referral_gates(bundle_dir: Path, *, data_root: Path | None = None, progress: bool = True) -> Path:
-    """Fit (again) the gates of an existing bundle from the training config it records, on the same splits.
-
-    Weights and the pooled temperature and referral threshold are untouched; ``model.json`` gains (or
-    replaces) the pooled urgent threshold, the per-acquisition calibration, the uncertainty gate and the
-    acquisition classifier, and the model card is rewritten. The recorded test metrics are not rerun.
-    """
-    bundle = load_bundle(bundle_dir)
-    config = TrainConfig.model_validate(bundle.metadata["training"]["config"])
-    manifest = training_manifest(config, data_root=data_root, progress=progress).manifest
-    gates = fit_referral_gates(bundle, manifest, config, progress=progress)
-    gates.save(bundle_dir, bundle.model, bundle.metadata, half=bundle.metadata.get("weights_dtype") == "float16")
-    write_model_card(bundle_dir)
-    return bundle_dir
 
 
 def finish(

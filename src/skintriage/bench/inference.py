@@ -21,12 +21,12 @@ import torch
 
 from skintriage.bench import references
 from skintriage.bench.samples import ImageSet
-from skintriage.bench.timing import interleaved, ratio
 from skintriage.checkpoint import load_bundle
 from skintriage.data.images import decode_image
 from skintriage.explain import saliency
 from skintriage.inference import bundle_normalization, forward
 from skintriage.predict import FileError, Predictor
+from skintriage.timing import interleaved, ratio
 
 LATENCY_TARGETS_MS = {"without_saliency": 50.0, "with_saliency": 150.0}
 THROUGHPUT_TARGET_RATIO = 3.0

@@ -26,12 +26,12 @@ from torch.utils.data import DataLoader
 from skintriage import train
 from skintriage.bench import references
 from skintriage.bench.samples import TrainingImages
-from skintriage.bench.timing import interleaved, ratio
 from skintriage.config import TrainConfig
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetTrain
 from skintriage.inference import resolve_device
 from skintriage.models import create_model, normalization_for
+from skintriage.timing import interleaved, ratio
 from skintriage.train import Run, class_names_for, make_optimizer, train_one_epoch
 
 TRAINING_TARGET_RATIO = 1.5

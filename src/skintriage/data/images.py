@@ -21,6 +21,22 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 ImageSource = str | os.PathLike[str] | bytes | BinaryIO
 
+# The formats decode_image reads, each with the file suffixes that name it (tests/test_images.py checks them
+# against Pillow). The one list every folder listing uses: ``skintriage predict FOLDER``, the dataset sources.
+DECODED_FORMATS: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg"),
+    "PNG": (".png",),
+    "TIFF": (".tif", ".tiff"),
+    "BMP": (".bmp",),
+    "GIF": (".gif",),
+    "WebP": (".webp",),
+}
+IMAGE_SUFFIXES = tuple(suffix for suffixes in DECODED_FORMATS.values() for suffix in suffixes)
+# Phone photo formats decode_image refuses, saying to convert them (HEIF_REFUSED). A listing of a user's
+# folder includes them, so that such a photo is reported with that advice instead of being skipped silently.
+REFUSED_SUFFIXES = (".heic", ".heif", ".avif")
+PHOTO_SUFFIXES = IMAGE_SUFFIXES + REFUSED_SUFFIXES
+
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
 
 
@@ -66,7 +82,7 @@ def _pillow_problem(error: Exception) -> str:
     return f"the image is truncated or corrupt ({str(error) or type(error).__name__})"
 
 
-NOT_AN_IMAGE = "not a recognised image file (JPEG, PNG, TIFF, BMP, GIF, WebP)"
+NOT_AN_IMAGE = f"not a recognised image file ({', '.join(DECODED_FORMATS)})"
 HEIF_REFUSED = (
     "HEIC/HEIF/AVIF photos are not supported; convert it to JPEG or PNG (on a phone: share or export as JPEG) "
     "and try again"

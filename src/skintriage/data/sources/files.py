@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from skintriage.data.images import IMAGE_SUFFIXES
 from skintriage.data.sources.registry import FetchError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class MetadataError(ValueError):

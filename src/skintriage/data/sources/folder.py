@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from skintriage.data.images import PHOTO_SUFFIXES
 from skintriage.data.records import RAW_OPTIONAL
-from skintriage.data.sources.files import IMAGE_SUFFIXES, MetadataError, blank, read_table
+from skintriage.data.sources.files import MetadataError, blank, read_table
 from skintriage.data.sources.registry import Source, register
 
 OPTIONAL_COLUMNS = ("image_id", *RAW_OPTIONAL)
 # Coded columns are matched case-insensitively; any other value is refused by the manifest, naming the row.
 LOWERCASE_COLUMNS = ("sex", "acquisition", "split")
 ID_PREFIX = "folder:"
-HEIF_SUFFIXES = (".heic", ".heif", ".avif")
 MANUAL_STEPS = """\
   Put each image in a folder named after its diagnosis (a code such as mel, bcc, mcc, metastasis, nv,
   non_neoplastic, or its name such as "Merkel cell carcinoma"), e.g. ROOT/mcc/patient7_1.jpg, or write
@@ -50,8 +50,8 @@ def _read_manifest(path: Path) -> pd.DataFrame:
 
 def _read_class_folders(root: Path) -> pd.DataFrame:
     """Each top-level folder's name is the label of every image beneath it; hidden folders are skipped."""
-    suffixes = (*IMAGE_SUFFIXES, *HEIF_SUFFIXES)  # HEIC photos are listed so that validation says to convert them
-    relatives = (path.relative_to(root) for path in root.rglob("*") if path.suffix.lower() in suffixes)
+    # HEIC photos are listed too (PHOTO_SUFFIXES), so that validation says to convert them
+    relatives = (path.relative_to(root) for path in root.rglob("*") if path.suffix.lower() in PHOTO_SUFFIXES)
     images = sorted(
         relative.as_posix()
         for relative in relatives

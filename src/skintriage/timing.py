@@ -5,6 +5,9 @@ A single timing on a shared 2-core machine says little: the first calls pay for 
 figure the suite reports is therefore a *median* over repeated runs after warm-up, and every
 comparison (ours vs reference, torch vs ONNX, batch sizes) is measured in the same loop, alternating
 the candidates, so that a slow spell on the machine hits both sides instead of one.
+
+A leaf of the library (numpy and tqdm only): ``skintriage bench`` uses it, and so does the ``auto``
+backend choice (:mod:`skintriage.backend`), which must not depend on the benchmarks.
 """
 
 from __future__ import annotations
