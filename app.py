@@ -1,7 +1,7 @@
 """skintriage demo: `python app.py` serves it on http://127.0.0.1:7860 with the bundled model.
 
-Widgets wired to library calls, nothing else: the decision comes from skintriage.predict / referral, the
-card from skintriage.cards, the guidance from skintriage.guidance. Research prototype, not a medical device.
+Widgets wired to library calls, nothing else: the decision comes from skintriage.inference.predictor / referral, the
+card from skintriage.ui.cards, the guidance from skintriage.triage.guidance. Research prototype, not a medical device.
 
 Privacy: binds to 127.0.0.1 unless --host says otherwise, never creates a share link, sends no analytics,
 deletes each uploaded image from Gradio's upload cache as soon as it has been read, sends the Grad-CAM overlay
@@ -24,15 +24,15 @@ from pathlib import Path
 import gradio as gr
 
 from skintriage import DISCLAIMER
-from skintriage.acquisition import AUTO, check_request
-from skintriage.cards import referral_card_html, saliency_html, threshold_scale_html
-from skintriage.checkpoint import DEFAULT_BUNDLE
 from skintriage.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
-from skintriage.examples import DEFAULT_LIST, DemoExample, read_examples
-from skintriage.guidance import load_guidance, render_collapsible_html, render_markdown
-from skintriage.predict import Predictor
-from skintriage.referral import SITES, ClinicalContext, illustrative_decision
-from skintriage.taxonomy import DIAGNOSES
+from skintriage.data.taxonomy import DIAGNOSES
+from skintriage.inference.predictor import Predictor
+from skintriage.model.bundle import DEFAULT_BUNDLE
+from skintriage.triage.acquisition import AUTO, check_request
+from skintriage.triage.guidance import load_guidance, render_collapsible_html, render_markdown
+from skintriage.triage.referral import SITES, ClinicalContext, illustrative_decision
+from skintriage.ui.cards import referral_card_html, saliency_html, threshold_scale_html
+from skintriage.ui.examples import DEFAULT_LIST, DemoExample, read_examples
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent / "shared" / "data"
 MAX_EXAMPLES = 12

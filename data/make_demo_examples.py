@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skintriage.checkpoint import DEFAULT_BUNDLE, load_bundle
-from skintriage.config import TrainConfig
 from skintriage.data.sources import get_source
-from skintriage.examples import DEFAULT_LIST, DemoExample, write_examples
-from skintriage.taxonomy import DIAGNOSES
-from skintriage.train import training_manifest
+from skintriage.data.taxonomy import DIAGNOSES
+from skintriage.model.bundle import DEFAULT_BUNDLE, load_bundle
+from skintriage.training.config import TrainConfig
+from skintriage.training.loop import training_manifest
+from skintriage.ui.examples import DEFAULT_LIST, DemoExample, write_examples
 
 CLINICAL = ("bcc", "scc", "mel", "other_malignant", "vasc", "df", "other_benign", "nv")
 # skipped for a demo: genital sites, and atlas files whose name says another condition than their folder

@@ -21,22 +21,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
-from skintriage.acquisition import (
-    AcquisitionClassifier,
-    acquisition_accuracy,
-    check_request,
-    choose_acquisition,
-    fit_acquisition_classifier,
-    training_problem,
-)
-from skintriage.calibration import (
-    AcquisitionCalibration,
-    calibrate,
-    calibrate_acquisition,
-    probabilities_at_temperature,
-    urgent_threshold,
-)
-from skintriage.checkpoint import (
+from skintriage.cli import app
+from skintriage.data.records import Manifest
+from skintriage.data.sources import get_source
+from skintriage.evaluation.evaluate import evaluate_bundle, write_evaluation
+from skintriage.inference.batch import bundle_dataset, loader_for, predict_outputs
+from skintriage.inference.predictor import Predictor
+from skintriage.model.bundle import (
     ACQUISITION_FILE,
     METADATA_FILE,
     BundleError,
@@ -45,15 +36,24 @@ from skintriage.checkpoint import (
     save_bundle,
     sha256_of,
 )
-from skintriage.cli import app
-from skintriage.config import TrainConfig
-from skintriage.data.records import Manifest
-from skintriage.data.sources import get_source
-from skintriage.evaluate import evaluate_bundle, write_evaluation
-from skintriage.gates import fit_referral_gates
-from skintriage.inference import bundle_dataset, loader_for, predict_outputs
-from skintriage.models import create_model, get_head, normalization_for
-from skintriage.predict import Predictor
+from skintriage.model.registry import create_model, get_head, normalization_for
+from skintriage.training.config import TrainConfig
+from skintriage.training.gates import fit_referral_gates
+from skintriage.triage.acquisition import (
+    AcquisitionClassifier,
+    acquisition_accuracy,
+    check_request,
+    choose_acquisition,
+    fit_acquisition_classifier,
+    training_problem,
+)
+from skintriage.triage.calibration import (
+    AcquisitionCalibration,
+    calibrate,
+    calibrate_acquisition,
+    probabilities_at_temperature,
+    urgent_threshold,
+)
 
 CLASSES = ["mel", "nv"]
 runner = CliRunner()

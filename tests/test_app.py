@@ -66,7 +66,7 @@ def app_session(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clinical_photo(tmp_path_factory) -> Path:
     """A clinical (camera) photo: a DermNet held-out test image from the demo's example list, else a stand-in."""
-    from skintriage.examples import DEFAULT_LIST, read_examples
+    from skintriage.ui.examples import DEFAULT_LIST, read_examples
 
     clinical = [e.path for e in read_examples(DEFAULT_LIST, SHARED_DATA) if e.acquisition == "clinical"]
     if clinical:

@@ -251,7 +251,7 @@ def test_main_launches_with_the_safe_defaults(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_inline_image_html_is_the_image():
-    from skintriage.cards import inline_image_html
+    from skintriage.ui.cards import inline_image_html
 
     image = Image.new("RGB", (37, 23), (200, 30, 40))
     html = inline_image_html(image, alt='heat "map" <b>')

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from skintriage.atomic import atomic_path, atomic_write_text
+from skintriage.common.atomic import atomic_path, atomic_write_text
 
 
 def test_atomic_write_text_replaces_the_file_and_leaves_no_temporary(tmp_path):

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from skintriage.bench.report import RESULTS_JSON, RESULTS_MD, SCALING_PNG
 from skintriage.bench.suite import SECTIONS, parse_sections, run_suite
 from skintriage.cli import app
+from skintriage.common.timing import Timing, interleaved, percentile
 from skintriage.data.images import ImageDecodeError
 from skintriage.data.prefetch import prefetch_decoded
-from skintriage.timing import Timing, interleaved, percentile
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from conftest import shared_data, write_image
 from typer.testing import CliRunner
 
-from skintriage.checkpoint import DEFAULT_BUNDLE, load_bundle
 from skintriage.cli import app
+from skintriage.model.bundle import DEFAULT_BUNDLE, load_bundle
 
 COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "pretrained_lite0" / "eval"
 runner = CliRunner()

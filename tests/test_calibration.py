@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from skintriage import calibration, metrics
-from skintriage.calibration import (
+from skintriage import metrics
+from skintriage.triage import calibration
+from skintriage.triage.calibration import (
     Calibration,
     calibrate,
     fit_temperature,

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from skintriage import __version__
-from skintriage.checkpoint import (
+from skintriage.data.taxonomy import TAXONOMY_VERSION
+from skintriage.model.bundle import (
     BUNDLE_FORMAT,
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -22,8 +23,7 @@ from skintriage.checkpoint import (
     save_training_state,
     sha256_of,
 )
-from skintriage.models import create_model
-from skintriage.taxonomy import TAXONOMY_VERSION
+from skintriage.model.registry import create_model
 
 CLASSES = ["mel", "nv", "bcc"]
 INPUT_SIZE = 32
@@ -149,7 +149,7 @@ def test_save_bundle_refuses_a_class_count_that_differs_from_the_model(tmp_path)
 
 
 def test_save_bundle_refuses_a_model_not_built_by_create_model(tmp_path):
-    with pytest.raises(ValueError, match=r"not built by skintriage\.models\.create_model"):
+    with pytest.raises(ValueError, match=r"not built by skintriage\.model\.registry\.create_model"):
         save_bundle(tmp_path / "b", torch.nn.Linear(2, 3), metadata())
 
 

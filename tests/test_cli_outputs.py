@@ -10,9 +10,9 @@ from conftest import write_image
 from PIL import Image, features
 from typer.testing import CliRunner
 
-from skintriage import evaluate
 from skintriage.cli import DEFAULT_BUNDLE, _expand, app
 from skintriage.data.images import HEIF_REFUSED, IMAGE_SUFFIXES, PHOTO_SUFFIXES
+from skintriage.evaluation import evaluate
 
 runner = CliRunner()
 needs_model = pytest.mark.skipif(

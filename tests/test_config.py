@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skintriage.config import ConfigError, SourceConfig, TrainConfig, load_config
+from skintriage.training.config import ConfigError, SourceConfig, TrainConfig, load_config
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "configs" / "benchmark_cpu.yaml"
 

@@ -15,12 +15,12 @@ import torch
 from test_train import read_log, write_config
 from torch.utils.data import WeightedRandomSampler
 
-import skintriage.train
-from skintriage.checkpoint import load_bundle
-from skintriage.config import ConfigError, load_config
+import skintriage.training.loop
 from skintriage.data.samplers import DistributedWeightedSampler
-from skintriage.distributed import World
-from skintriage.train import LOG_FILE, local_batch_size
+from skintriage.model.bundle import load_bundle
+from skintriage.training.config import ConfigError, load_config
+from skintriage.training.distributed import World
+from skintriage.training.loop import LOG_FILE, local_batch_size
 
 # 3 classes of 60, 12 and 3 images: balanced sampling weighs each image by 1 / (its class's count).
 LABELS = np.repeat([0, 1, 2], [60, 12, 3])
@@ -95,7 +95,7 @@ def test_two_processes_train_like_one(tmp_path: Path, monkeypatch: pytest.Monkey
     config_path = write_config(tmp_path, epochs=4, imbalance="sampler")
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "skintriage.train", str(config_path), "--out", str(tmp_path / "ddp")]
+    command += ["-m", "skintriage.training.loop", str(config_path), "--out", str(tmp_path / "ddp")]
     started = time.perf_counter()
     result = subprocess.run(command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     ddp_seconds = time.perf_counter() - started
@@ -112,9 +112,9 @@ def test_two_processes_train_like_one(tmp_path: Path, monkeypatch: pytest.Monkey
     assert bundle.metadata["metrics"]["folder"]["balanced_accuracy"] >= 0.6  # 48 held-out images, chance 1/3
 
     # the same config in one process; its calibration and evaluation are not needed for the comparison
-    monkeypatch.setattr(skintriage.train, "finish", lambda *args, **kwargs: None)
+    monkeypatch.setattr(skintriage.training.loop, "finish", lambda *args, **kwargs: None)
     started = time.perf_counter()
-    skintriage.train.train(load_config(config_path), out=tmp_path / "single", progress=False)
+    skintriage.training.loop.train(load_config(config_path), out=tmp_path / "single", progress=False)
     single_seconds = time.perf_counter() - started
     print(f"2 processes: {ddp_seconds:.0f}s with finishing; 1 process: {single_seconds:.0f}s without")
 

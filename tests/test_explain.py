@@ -1,4 +1,4 @@
-"""Grad-CAM saliency (skintriage.explain): shape and range on every backbone, known-answer localisation,
+"""Grad-CAM saliency (skintriage.inference.explain): shape and range on every backbone, known-answer localisation,
 the model-randomisation sanity check, drawing on the original image, and concurrent use of one model."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
 
-from skintriage.checkpoint import DEFAULT_BUNDLE, Bundle, load_bundle
 from skintriage.data.images import decode_image
 from skintriage.data.presets import ClassificationPresetEval, denormalize
-from skintriage.explain import crop_box, grad_cam, heatmap_on_image, overlay, saliency
+from skintriage.inference.explain import crop_box, grad_cam, heatmap_on_image, overlay, saliency
 from skintriage.metrics import malignant_columns
-from skintriage.models import ModelConfig, create_model, list_models
+from skintriage.model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
+from skintriage.model.registry import ModelConfig, create_model, list_models
 
 HAM = "ham10000_isic2018_224"
 
@@ -95,7 +95,7 @@ def test_bad_arguments_are_refused_with_the_reason() -> None:
 
 class ColourNet(nn.Module):
     """Laid out like torchvision's EfficientNet (``features``, ``avgpool``, ``classifier[-1]`` linear), the split
-    :func:`skintriage.models.feature_maps` / ``head_inputs`` / ``get_head`` rely on, with hand-set weights.
+    :func:`skintriage.model.registry.feature_maps` / ``head_inputs`` / ``get_head`` rely on, with hand-set weights.
 
     Channel 0 of the maps is "red minus green", channel 1 "green minus red" (both ReLU'd, optionally
     average-pooled by ``pool`` to coarsen the maps); class 0 reads channel 0, class 1 channel 1 and

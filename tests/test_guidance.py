@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from skintriage.guidance import (
+from skintriage.triage.guidance import (
     DIFFERENTIAL_TOPICS,
     GUIDANCE_DIR,
     NOTE,
@@ -26,7 +26,7 @@ from skintriage.guidance import (
     topic_ids,
     topics_for_differential,
 )
-from skintriage.referral import WORKUPS
+from skintriage.triage.referral import WORKUPS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DOCUMENTS = SHARED / "documents"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from app_harness import browser_page, chromium_browser, open_app, page_errors, require_chromium, running_app
 
-from skintriage.guidance import load_guidance, topic_anchor, topics_for_differential
+from skintriage.triage.guidance import load_guidance, topic_anchor, topics_for_differential
 
 PROBE_APP = textwrap.dedent(
     '''
@@ -27,7 +27,7 @@ PROBE_APP = textwrap.dedent(
 
     import gradio as gr
 
-    from skintriage.guidance import load_guidance, render_collapsible_html, render_markdown, topics_for_differential
+    from skintriage.triage.guidance import load_guidance, render_collapsible_html, render_markdown, topics_for_differential
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)

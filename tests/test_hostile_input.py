@@ -28,7 +28,7 @@ from skintriage.data.images import ImageDecodeError, decode_image
 from skintriage.data.records import ManifestError
 from skintriage.data.sources import folder  # noqa: F401  (registers the source)
 from skintriage.data.sources.registry import get_source
-from skintriage.predict import Prediction, Predictor
+from skintriage.inference.predictor import Prediction, Predictor
 
 # Pillow warns at open about any image over 89 MP (the 108 MP photo, the 12000x9000 PNG header); decode_image
 # decides for itself (decodes the JPEG at 1/2 scale, refuses the PNG)

@@ -27,8 +27,8 @@ from skintriage.data.records import ManifestError
 from skintriage.data.sources import folder  # noqa: F401  (registers the source)
 from skintriage.data.sources.files import MetadataError, read_table
 from skintriage.data.sources.registry import get_source
-from skintriage.referral import SITES, ClinicalContext
-from skintriage.taxonomy import UnknownLabelError
+from skintriage.data.taxonomy import UnknownLabelError
+from skintriage.triage.referral import SITES, ClinicalContext
 
 REPO = Path(__file__).resolve().parents[1]
 

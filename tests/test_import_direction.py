@@ -13,10 +13,10 @@ pattern, not a cycle.
 
 Rules:
 
-* outside ``skintriage/bench/``, nothing imports ``skintriage.bench`` (the benchmarks use the library, never
-  the reverse), except the entry point ``skintriage.cli``, whose ``bench`` command runs them;
-* nothing but ``skintriage.cli`` itself imports ``skintriage.cli``, and nothing imports the demo ``app``;
-* no import cycle among the library's modules (lazy imports included).
+* the library is a stack of layers in pipeline order (``LAYERS``, lowest first); a module imports only its own
+  layer and those below it. Importing a layer above is an error, lazy imports included;
+* no import cycle among the library's modules (lazy imports included), also within a layer;
+* nothing imports the demo ``app``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,22 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "skintriage"
-ENTRY_POINTS = {"skintriage.cli"}  # the command line: above the library and the benchmarks
+# The stack, lowest first. A module belongs to the first entry it is, or sits under; each layer may import
+# only itself and the layers listed before it. `metrics` sits under triage because calibration fits its
+# referral thresholds with the same functions the evaluation reports (one definition of each score).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("skintriage", "skintriage.common"),  # the package root (version, disclaimer) and leaf helpers
+    ("skintriage.data",),  # source -> manifest -> split -> dataset; the taxonomy and label maps
+    ("skintriage.metrics",),  # pure scoring functions over arrays
+    ("skintriage.model",),  # architectures, bundles, model card
+    ("skintriage.triage",),  # calibration, uncertainty gates, photo type, referral rules, guidance
+    ("skintriage.inference",),  # batch forward, predictor, backends, ONNX, Grad-CAM
+    ("skintriage.evaluation",),  # evaluate a bundle, its result, its report
+    ("skintriage.training",),  # config, loop, post-training pipeline, distributed launch
+    ("skintriage.ui",),  # what the demo shows: cards, examples
+    ("skintriage.bench",),  # benchmarks: use the library, never the reverse
+    ("skintriage.cli",),  # the command line, on top
+)
 # Known cycles left in place, each a sorted tuple of module names with the reason. Empty: keep it so.
 ALLOWED_CYCLES: dict[tuple[str, ...], str] = {}
 
@@ -183,23 +198,67 @@ def test_the_walk_sees_lazy_relative_and_type_checking_imports() -> None:
 
 def test_the_graph_has_the_library() -> None:
     edges, _ = import_graph()
-    assert {"skintriage.cli", "skintriage.predict", "skintriage.bench.suite", "skintriage.data.splits"} <= set(edges)
-    assert "skintriage.predict" in edges["skintriage.bench.suite"]
+    assert {
+        "skintriage.cli",
+        "skintriage.inference.predictor",
+        "skintriage.bench.suite",
+        "skintriage.data.splits",
+    } <= set(edges)
+    assert "skintriage.inference.predictor" in edges["skintriage.bench.suite"]
+
+
+def layer_of(module: str) -> int | None:
+    """Index in ``LAYERS`` of the most specific layer entry ``module`` is or sits under; None outside the library."""
+    best: tuple[int, int] | None = None  # (length of the matching entry, layer)
+    for layer, entries in enumerate(LAYERS):
+        for entry in entries:
+            if within(module, entry) and (best is None or len(entry) > best[0]):
+                best = (len(entry), layer)
+    return None if best is None else best[1]
+
+
+def wrong_way_imports(imports: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """Every import of a higher layer, or of the demo app, as ``module:line imports target (why)``."""
+    wrong = []
+    for module, found in sorted(imports.items()):
+        here = layer_of(module)
+        for target, line in found:
+            if within(target, "app"):
+                wrong.append(f"{module}:{line} imports {target} (the demo app sits above the library)")
+                continue
+            there = layer_of(target)
+            if here is not None and there is not None and there > here:
+                wrong.append(f"{module}:{line} imports {target} ({LAYERS[there][0]} sits above {LAYERS[here][0]})")
+    return wrong
+
+
+def test_every_library_module_has_a_layer() -> None:
+    assert not [module for module in library_files() if layer_of(module) is None]
+    packages = {path.parent.name for path in (SRC / PACKAGE).glob("*/__init__.py")}
+    placed = {entry.split(".")[1] for entries in LAYERS for entry in entries if entry.count(".") == 1}
+    assert packages <= placed, f"stage packages missing from LAYERS: {sorted(packages - placed)}"
 
 
 def test_no_module_imports_what_sits_above_it() -> None:
     _, imports = import_graph()
-    wrong = []
-    for module, found in sorted(imports.items()):
-        for target, line in found:
-            outside_bench = not within(module, "skintriage.bench") and module not in ENTRY_POINTS
-            if within(target, "skintriage.bench") and outside_bench:
-                wrong.append(f"{module}:{line} imports {target} (the library must not depend on the benchmarks)")
-            if within(target, "skintriage.cli") and module != "skintriage.cli":
-                wrong.append(f"{module}:{line} imports {target} (the command line sits above the library)")
-            if within(target, "app"):
-                wrong.append(f"{module}:{line} imports {target} (the demo app sits above the library)")
+    wrong = wrong_way_imports(imports)
     assert not wrong, "wrong-way imports:\n" + "\n".join(wrong)
+
+
+def test_a_deliberate_upward_import_is_caught() -> None:
+    """The check is live: the import issue 15 removed (the predictor backend timing itself with the benchmark
+    package) and an evaluation module reaching into training are both reported, with their line."""
+    _, imports = import_graph()
+    planted = {module: list(found) for module, found in imports.items()}
+    planted["skintriage.inference.backend"].append(("skintriage.bench.inference", 1))
+    planted["skintriage.evaluation.report"].append(("skintriage.training.loop", 2))
+    wrong = wrong_way_imports(planted)
+    assert wrong == [
+        "skintriage.evaluation.report:2 imports skintriage.training.loop "
+        "(skintriage.training sits above skintriage.evaluation)",
+        "skintriage.inference.backend:1 imports skintriage.bench.inference "
+        "(skintriage.bench sits above skintriage.inference)",
+    ]
 
 
 def test_no_import_cycles() -> None:

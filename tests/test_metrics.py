@@ -64,7 +64,7 @@ def test_ties_go_to_the_lowest_class_index():
 
 
 def test_decision_probabilities_plain_or_class_balanced():
-    from skintriage.calibration import class_balanced_probabilities
+    from skintriage.triage.calibration import class_balanced_probabilities
 
     p = np.array([[0.6, 0.4], [0.9, 0.1]])
     assert m.decision_probabilities(p) is p  # plain arg-max: the probabilities themselves

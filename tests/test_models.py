@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from skintriage.models import (
+from skintriage.model.registry import (
     MODELS,
     PretrainedWeightsError,
     create_model,

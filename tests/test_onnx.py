@@ -16,13 +16,12 @@ from onnx import numpy_helper
 from PIL import Image, ImageDraw, ImageFilter
 from typer.testing import CliRunner
 
-from skintriage.backend import choose_backend
-from skintriage.checkpoint import DEFAULT_BUNDLE, METADATA_FILE, Bundle, load_bundle, save_bundle
 from skintriage.cli import app
 from skintriage.data.sources import get_source
-from skintriage.export import export_onnx
-from skintriage.inference import bundle_dataset, loader_for
-from skintriage.onnx_backend import (
+from skintriage.inference.backend import choose_backend
+from skintriage.inference.batch import bundle_dataset, loader_for
+from skintriage.inference.export import export_onnx
+from skintriage.inference.onnx_runner import (
     META_WEIGHTS_SHA256,
     ONNX_FILE,
     PARITY_TOLERANCE,
@@ -30,7 +29,8 @@ from skintriage.onnx_backend import (
     OnnxRunner,
     parity,
 )
-from skintriage.predict import Predictor
+from skintriage.inference.predictor import Predictor
+from skintriage.model.bundle import DEFAULT_BUNDLE, METADATA_FILE, Bundle, load_bundle, save_bundle
 
 ISIC_ROOT = "ham10000_isic2018_224"
 runner = CliRunner()

@@ -17,15 +17,15 @@ from PIL import Image, ImageDraw, ImageFilter
 from typer.testing import CliRunner
 
 from skintriage import DISCLAIMER
-from skintriage.acquisition import AcquisitionClassifier
-from skintriage.checkpoint import DEFAULT_BUNDLE, METADATA_FILE, load_bundle, save_bundle
 from skintriage.cli import app
 from skintriage.data.images import decode_image
-from skintriage.guidance import load_guidance, topics_for_differential
-from skintriage.models import create_model, get_head, normalization_for
-from skintriage.predict import FileError, Prediction, Predictor
-from skintriage.referral import RULES, ClinicalContext, ReferralPolicy, decide, rules_markdown
-from skintriage.uncertainty import UncertaintyGate
+from skintriage.inference.predictor import FileError, Prediction, Predictor
+from skintriage.model.bundle import DEFAULT_BUNDLE, METADATA_FILE, load_bundle, save_bundle
+from skintriage.model.registry import create_model, get_head, normalization_for
+from skintriage.triage.acquisition import AcquisitionClassifier
+from skintriage.triage.guidance import load_guidance, topics_for_differential
+from skintriage.triage.referral import RULES, ClinicalContext, ReferralPolicy, decide, rules_markdown
+from skintriage.triage.uncertainty import UncertaintyGate
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MALIGNANT = ("mel", "bcc", "scc", "akiec", "other_malignant")

@@ -14,7 +14,7 @@ from PIL import Image
 from skimage import data as sample_images
 
 from skintriage.data.presets import ClassificationPresetEval
-from skintriage.models import (
+from skintriage.model.registry import (
     TF_LITE_NORMALIZATION,
     PretrainedWeightsError,
     create_model,

@@ -8,7 +8,7 @@ import pytest
 from conftest import write_image
 
 from skintriage.data.records import MANIFEST_COLUMNS, Manifest, ManifestError, build_manifest
-from skintriage.taxonomy import UnknownLabelError
+from skintriage.data.taxonomy import UnknownLabelError
 
 
 def raw_rows(tmp_path, n=3, **overrides):

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skintriage import referral
-from skintriage.checkpoint import DEFAULT_BUNDLE, METADATA_FILE
-from skintriage.referral import (
+from skintriage.data.taxonomy import malignancy_probability
+from skintriage.model.bundle import DEFAULT_BUNDLE, METADATA_FILE
+from skintriage.triage import referral
+from skintriage.triage.referral import (
     HEATH_2008,
     LEVEL_MEANING,
     RULE,
@@ -37,8 +38,7 @@ from skintriage.referral import (
     rules_markdown,
     top_malignant,
 )
-from skintriage.taxonomy import malignancy_probability
-from skintriage.uncertainty import Uncertainty
+from skintriage.triage.uncertainty import Uncertainty
 
 CLASSES = (
     "mel",

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skintriage import DISCLAIMER, evaluate, metrics
-from skintriage.calibration import probabilities_at_temperature
-from skintriage.report import fmt, write_model_card, write_report
+from skintriage import DISCLAIMER, metrics
+from skintriage.evaluation import evaluate
+from skintriage.evaluation.report import fmt, write_model_card, write_report
+from skintriage.triage.calibration import probabilities_at_temperature
 
 CLASSES = ["mel", "bcc", "nv", "bkl", "vasc"]  # vasc: a model class outside the test sources' label maps
 TRUE_CLASSES = ["mel", "bcc", "nv", "bkl"]

@@ -24,7 +24,7 @@ from skintriage.data.splits import (
     hash_images,
     resolve_cross_source_duplicates,
 )
-from skintriage.taxonomy import UnknownLabelError
+from skintriage.data.taxonomy import UnknownLabelError
 
 SD198_HEADER = "file,sd198_class,width,height,md5_original,source_repo_path,orig_width,orig_height"
 

@@ -11,7 +11,7 @@ from skintriage.data.records import ManifestError
 from skintriage.data.sources import ddi
 from skintriage.data.sources.files import MetadataError
 from skintriage.data.sources.registry import get_source
-from skintriage.taxonomy import UnknownLabelError, label_map
+from skintriage.data.taxonomy import UnknownLabelError, label_map
 
 HEADER = ",DDI_ID,DDI_file,skin_tone,malignant,disease"
 ROWS = (

@@ -11,7 +11,7 @@ from skintriage.data.records import ManifestError
 from skintriage.data.sources import fitzpatrick17k
 from skintriage.data.sources.files import MetadataError
 from skintriage.data.sources.registry import FetchError, get_source
-from skintriage.taxonomy import UnknownLabelError, label_map
+from skintriage.data.taxonomy import UnknownLabelError, label_map
 
 HEADER = (
     "md5hash,fitzpatrick_scale,fitzpatrick_centaur,label,nine_partition_label,three_partition_label,qc,url,url_alphanum"

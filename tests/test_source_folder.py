@@ -13,7 +13,7 @@ from skintriage.data.records import ManifestError
 from skintriage.data.sources import folder  # noqa: F401  (registers the source)
 from skintriage.data.sources.files import MetadataError
 from skintriage.data.sources.registry import get_source
-from skintriage.taxonomy import DIAGNOSES, UnknownLabelError, label_map, label_map_names, normalise_label
+from skintriage.data.taxonomy import DIAGNOSES, UnknownLabelError, label_map, label_map_names, normalise_label
 
 CLASS_IMAGES = (
     "mel/a.jpg",

@@ -16,7 +16,7 @@ from skintriage.data.records import ManifestError
 from skintriage.data.sources import isic_archive
 from skintriage.data.sources.files import MetadataError
 from skintriage.data.sources.registry import FetchError, get_source
-from skintriage.taxonomy import UnknownLabelError, label_map
+from skintriage.data.taxonomy import UnknownLabelError, label_map
 
 # isic-cli writes isic_id, attribution, copyright_license, then the union of the images' acquisition and
 # clinical fields in sorted order (isic_cli.cli.utils._extract_metadata).

@@ -11,7 +11,7 @@ from skintriage.data.records import ManifestError
 from skintriage.data.sources import ph2
 from skintriage.data.sources.files import MetadataError
 from skintriage.data.sources.registry import get_source
-from skintriage.taxonomy import UnknownLabelError
+from skintriage.data.taxonomy import UnknownLabelError
 
 HEADER = (
     "||   Name || Histological Diagnosis || Clinical Diagnosis || Asymmetry | Pigment Network | Dots/Globules | "

@@ -9,7 +9,7 @@ from skintriage.data.records import ManifestError
 from skintriage.data.sources import SOURCES, FetchError, get_source
 from skintriage.data.sources.files import MetadataError
 from skintriage.data.splits import assign_splits, audit_leakage, hash_images
-from skintriage.taxonomy import UnknownLabelError
+from skintriage.data.taxonomy import UnknownLabelError
 
 HAM_HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization,dataset\n"
 

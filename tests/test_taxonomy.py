@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skintriage.taxonomy import (
+from skintriage.data.taxonomy import (
     DIAGNOSES,
     TriageGroup,
     UnknownLabelError,

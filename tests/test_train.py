@@ -16,9 +16,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from skintriage.checkpoint import load_bundle, load_training_state
-from skintriage.config import ConfigError, load_config
-from skintriage.train import LOG_FILE, STATE_FILE, train
+from skintriage.model.bundle import load_bundle, load_training_state
+from skintriage.training.config import ConfigError, load_config
+from skintriage.training.loop import LOG_FILE, STATE_FILE, train
 
 # Each class has its own colour cast, so that a tiny model can learn something in a few epochs.
 CLASS_COLOURS = {"mel": (90, 50, 40), "bcc": (200, 120, 140), "nv": (150, 110, 70)}

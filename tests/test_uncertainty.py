@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from skintriage.checkpoint import METADATA_FILE, UNCERTAINTY_FILE, BundleError, load_bundle, save_bundle, sha256_of
-from skintriage.models import create_model
-from skintriage.uncertainty import (
+from skintriage.model.bundle import METADATA_FILE, UNCERTAINTY_FILE, BundleError, load_bundle, save_bundle, sha256_of
+from skintriage.model.registry import create_model
+from skintriage.triage.uncertainty import (
     METHOD,
     Uncertainty,
     UncertaintyGate,

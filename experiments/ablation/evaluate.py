@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from skintriage.atomic import atomic_write_text
-from skintriage.checkpoint import load_bundle
-from skintriage.config import load_config
+from skintriage.common.atomic import atomic_write_text
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
-from skintriage.data.training import training_manifest
-from skintriage.evaluate import evaluate_bundle
-from skintriage.train import SPLITS_FILE
+from skintriage.evaluation.evaluate import evaluate_bundle
+from skintriage.model.bundle import load_bundle
+from skintriage.training.config import load_config
+from skintriage.training.data import training_manifest
+from skintriage.training.loop import SPLITS_FILE
 
 HERE = Path(__file__).resolve().parent
 MAIN_CONFIG = Path("configs/pretrained_lite0.yaml")

@@ -138,8 +138,8 @@ def markdown(results: dict) -> str:
     lines += [""]
     for row in slow:
         lines.append(
-            f"`skintriage {' '.join(row['args'])}` still loads torch: `skintriage.referral` imports "
-            "`skintriage.uncertainty`, which imports torch and scikit-learn at module level (outside the CLI)."
+            f"`skintriage {' '.join(row['args'])}` still loads torch: `skintriage.triage.referral` imports "
+            "`skintriage.triage.uncertainty`, which imports torch and scikit-learn at module level (outside the CLI)."
         )
     lines += [
         "",

@@ -17,12 +17,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from skintriage.atomic import atomic_write_text
-from skintriage.config import load_config
+from skintriage.common.atomic import atomic_write_text
 from skintriage.data.sources import get_source
 from skintriage.data.splits import audit_leakage, concat_hashes, hash_images, near_duplicate_pairs
-from skintriage.data.training import combine, training_manifest
-from skintriage.report import markdown_table
+from skintriage.evaluation.report import markdown_table
+from skintriage.training.config import load_config
+from skintriage.training.data import combine, training_manifest
 
 HERE = Path(__file__).resolve().parent
 

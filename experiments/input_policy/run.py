@@ -1,6 +1,6 @@
 """Issue 14: which input policy should turn a non-square photo into the model's square input?
 
-The bundle's evaluation preprocessing (``model.json`` ``preprocessing``; :func:`skintriage.inference.eval_preset`
+The bundle's evaluation preprocessing (``model.json`` ``preprocessing``; :func:`skintriage.inference.batch.eval_preset`
 -> :class:`skintriage.data.presets.ClassificationPresetEval`) resizes the *short* side to ``input_size``
 (160) and keeps the central ``input_size`` square (``crop_fraction`` 1.0): on a 4:3 landscape photo the
 left and right 12.5% are never seen. Policies compared, each on the bundle's own VALIDATION images only:
@@ -15,7 +15,7 @@ the source's artefact removed as in training) and, for b and c, produces a 160x1
 then handed to the library's unchanged eval preset; the script checks, image by image, that the preset is
 then a no-op apart from normalisation. Resizing mirrors the preset (albumentations, INTER_AREA when
 shrinking, bilinear when enlarging). The forward pass, weights, normalisation, per-type temperatures and
-referral thresholds are the bundle's (:class:`skintriage.predict.Predictor`). Each image is scored at the
+referral thresholds are the bundle's (:class:`skintriage.inference.predictor.Predictor`). Each image is scored at the
 calibration of its *recorded* photo type (the one ``calibration.by_acquisition`` was fitted on); the
 deployed "auto" reading of the type by the bundle's acquisition classifier is reported as well, since a
 black border may look like a dermoscope's vignette. Thresholds were calibrated with policy a, so AUC
@@ -43,14 +43,14 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from skintriage import metrics
-from skintriage.calibration import probabilities_at_temperature, probabilities_at_temperatures
-from skintriage.checkpoint import DEFAULT_BUNDLE
-from skintriage.config import TrainConfig
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.records import Manifest
-from skintriage.data.training import training_manifest
-from skintriage.predict import Predictor
-from skintriage.taxonomy import is_malignant
+from skintriage.data.taxonomy import is_malignant
+from skintriage.inference.predictor import Predictor
+from skintriage.model.bundle import DEFAULT_BUNDLE
+from skintriage.training.config import TrainConfig
+from skintriage.training.data import training_manifest
+from skintriage.triage.calibration import probabilities_at_temperature, probabilities_at_temperatures
 
 HERE = Path(__file__).resolve().parent
 TYPES = ("dermoscopic", "clinical")
@@ -578,9 +578,9 @@ def write_markdown(results: dict, path: Path) -> None:
         '(e.g. by `A.Resize(input_size, input_size, area_for_downscale="image")` for squash, or `LongestMaxSize` + '
         "`PadIfNeeded` for letterbox); used by the demo, `evaluate`, and validation during training "
         "(`train.py` builds one directly).",
-        "* `skintriage.inference.eval_preset`: read the policy from a new `model.json` `preprocessing` key so "
+        "* `skintriage.inference.batch.eval_preset`: read the policy from a new `model.json` `preprocessing` key so "
         "that existing bundles keep the centre crop; `train.finish` writes that `preprocessing` dict.",
-        "* `skintriage.explain.crop_box` / `heatmap_on_image` / `overlay` and `Predictor.overlay`: they replicate the "
+        "* `skintriage.inference.explain.crop_box` / `heatmap_on_image` / `overlay` and `Predictor.overlay`: they replicate the "
         "centre-crop geometry to map the Grad-CAM heatmap back onto the photo.",
         "* Re-calibration, since temperatures, thresholds and embeddings change: `calibration.calibrate` / "
         "`calibrate_by_acquisition` in `train.finish`, and `gates.fit_referral_gates` (uncertainty gate and "

@@ -25,13 +25,13 @@ import onnx
 import onnxruntime
 import torch
 
-from skintriage.atomic import atomic_write_text
-from skintriage.backend import choose_backend
-from skintriage.checkpoint import DEFAULT_BUNDLE, load_bundle
+from skintriage.common.atomic import atomic_write_text
 from skintriage.data.sources import get_source
-from skintriage.export import DEFAULT_OPSET, export_onnx
-from skintriage.inference import bundle_dataset, loader_for
-from skintriage.onnx_backend import PARITY_TOLERANCE, OnnxRunner, parity
+from skintriage.inference.backend import choose_backend
+from skintriage.inference.batch import bundle_dataset, loader_for
+from skintriage.inference.export import DEFAULT_OPSET, export_onnx
+from skintriage.inference.onnx_runner import PARITY_TOLERANCE, OnnxRunner, parity
+from skintriage.model.bundle import DEFAULT_BUNDLE, load_bundle
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -7,7 +7,7 @@ Sets, each split by how it was photographed (dermoscopic / clinical) and by trut
 * non-skin photographs (the sample images shipped with scikit-image and matplotlib), for the gate.
 
 Every image is predicted once, on the deployed path (photo type read by the model, source artefacts removed
-as in training); each clinical-context scenario is then the same :func:`skintriage.referral.decide` the demo
+as in training); each clinical-context scenario is then the same :func:`skintriage.triage.referral.decide` the demo
 runs, applied to those probabilities and uncertainties, so the scenarios differ only in the context. The
 scenario table is the policy measured: the share of benign and of malignant images sent at each level.
 A second table measures the MCC-mimic classes on validation (which class calls the malignant images the
@@ -31,14 +31,14 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from skintriage import metrics
-from skintriage.checkpoint import DEFAULT_BUNDLE
-from skintriage.config import TrainConfig
 from skintriage.data.images import decode_image
 from skintriage.data.sources import get_source
-from skintriage.data.training import training_manifest
-from skintriage.predict import Prediction, Predictor
-from skintriage.referral import ClinicalContext
-from skintriage.taxonomy import DIAGNOSES, MALIGNANT_GROUPS
+from skintriage.data.taxonomy import DIAGNOSES, MALIGNANT_GROUPS
+from skintriage.inference.predictor import Prediction, Predictor
+from skintriage.model.bundle import DEFAULT_BUNDLE
+from skintriage.training.config import TrainConfig
+from skintriage.training.data import training_manifest
+from skintriage.triage.referral import ClinicalContext
 
 HERE = Path(__file__).resolve().parent
 LEVELS = ("routine", "refer", "urgent")

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the test harness starts the app: one 
 
 from app_harness import RunningApp, app_process  # noqa: E402
 
-from skintriage.atomic import atomic_write_text  # noqa: E402
+from skintriage.common.atomic import atomic_write_text  # noqa: E402
 
 ISIC_TEST = REPO.parent / "shared" / "data" / "ham10000_isic2018_224" / "images" / "isic2018_test"
 LEVELS = ("routine", "refer", "urgent")

@@ -19,7 +19,7 @@ from skintriage import DISCLAIMER
 # checks that importing this module loads neither torch nor gradio, and that the two constants copied
 # here still equal the library's.
 
-# = skintriage.checkpoint.DEFAULT_BUNDLE (this file sits next to checkpoint.py), without importing torch.
+# = skintriage.model.bundle.DEFAULT_BUNDLE (this file sits next to checkpoint.py), without importing torch.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
 # = skintriage.data.splits.SPLIT_STRATEGIES, without importing pandas for a help text.
 SPLIT_STRATEGIES = ("project", "official", "naive")
@@ -44,10 +44,10 @@ Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="Model bundle fol
 _USER_ERROR_CLASSES = (
     ("skintriage.data.records", "ManifestError"),
     ("skintriage.data.sources.files", "MetadataError"),
-    ("skintriage.taxonomy", "UnknownLabelError"),
+    ("skintriage.data.taxonomy", "UnknownLabelError"),
     ("skintriage.data.sources.registry", "FetchError"),
-    ("skintriage.config", "ConfigError"),
-    ("skintriage.checkpoint", "BundleError"),
+    ("skintriage.training.config", "ConfigError"),
+    ("skintriage.model.bundle", "BundleError"),
 )
 
 
@@ -233,8 +233,8 @@ def train_command(
     ] = None,
 ) -> None:
     """Train, calibrate and evaluate a model; rerun the same command to resume an interrupted run."""
-    from skintriage.config import load_config, parse_overrides
-    from skintriage.train import train
+    from skintriage.training.config import load_config, parse_overrides
+    from skintriage.training.loop import train
 
     try:
         config = load_config(config_path, **{"epochs": epochs, **parse_overrides(overrides or [])})
@@ -252,7 +252,7 @@ def fit_gates_command(
     """Fit a bundle's gates on its own training/validation split (training does this): the urgent threshold, the
     per-acquisition calibration, the uncertainty gate and the acquisition classifier. The weights and the pooled
     temperature and referral threshold are kept."""
-    from skintriage.gates import refit_referral_gates
+    from skintriage.training.gates import refit_referral_gates
 
     try:
         bundle = refit_referral_gates(checkpoint, data_root=data_root)
@@ -273,9 +273,9 @@ def evaluate_command(
     seed: Seed = 0,
 ) -> None:
     """Evaluate a model bundle (default: the bundled model) on a dataset and write the report."""
-    from skintriage.checkpoint import load_bundle
     from skintriage.data.sources import get_source
-    from skintriage.evaluate import evaluate_bundle, write_evaluation
+    from skintriage.evaluation.evaluate import evaluate_bundle, write_evaluation
+    from skintriage.model.bundle import load_bundle
 
     try:
         bundle = load_bundle(checkpoint)
@@ -424,11 +424,11 @@ def predict_command(
     A file that cannot be read is reported (with --json: an object with an "error" field) and the
     others go on; the exit code is 1 if any failed.
     """
-    from skintriage.acquisition import check_request
     from skintriage.data.images import ImageDecodeError, decode_image
-    from skintriage.predict import FileError, Predictor
-    from skintriage.referral import ClinicalContext
-    from skintriage.taxonomy import DIAGNOSES
+    from skintriage.data.taxonomy import DIAGNOSES
+    from skintriage.inference.predictor import FileError, Predictor
+    from skintriage.triage.acquisition import check_request
+    from skintriage.triage.referral import ClinicalContext
 
     try:
         check_request(acquisition)
@@ -521,7 +521,13 @@ def guidance_command(
     output_format: Annotated[str, typer.Option("--format", help="md or json.")] = "md",
 ) -> None:
     """The diagnostic work-up guidance (biopsy, immunohistochemistry, grading, imaging, ...), with citations."""
-    from skintriage.guidance import GuidanceError, load_guidance, render_markdown, to_json, topics_for_differential
+    from skintriage.triage.guidance import (
+        GuidanceError,
+        load_guidance,
+        render_markdown,
+        to_json,
+        topics_for_differential,
+    )
 
     if output_format not in ("md", "json"):
         _fail(ValueError(f"--format must be md or json, not {output_format!r}"))
@@ -541,7 +547,7 @@ def guidance_command(
 @app.command("rules")
 def rules_command(output_format: Annotated[str, typer.Option("--format", help="md or json.")] = "md") -> None:
     """The referral rules: each rule's id, when it fires and the level it asks for (the README's table)."""
-    from skintriage.referral import rule_conditions, rules_markdown
+    from skintriage.triage.referral import rule_conditions, rules_markdown
 
     if output_format not in ("md", "json"):
         _fail(ValueError(f"--format must be md or json, not {output_format!r}"))
@@ -572,9 +578,9 @@ def export_command(
     """
     import torch
 
-    from skintriage.checkpoint import load_bundle
-    from skintriage.export import export_onnx
-    from skintriage.onnx_backend import PARITY_TOLERANCE, OnnxRunner, parity
+    from skintriage.inference.export import export_onnx
+    from skintriage.inference.onnx_runner import PARITY_TOLERANCE, OnnxRunner, parity
+    from skintriage.model.bundle import load_bundle
 
     if export_format != "onnx":
         _fail(ValueError(f"--format must be onnx, not {export_format!r}"))

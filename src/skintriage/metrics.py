@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import sklearn.metrics
 
-from skintriage import taxonomy
+from skintriage.data import taxonomy
 
 ROW_SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; 1e-3 still catches logits or unnormalised scores
 ECE_BINS = 15  # Guo et al. 2017 ("On Calibration of Modern Neural Networks") use 15 equal-width bins
@@ -341,7 +341,7 @@ def partial_auc_above_tpr(
 def malignant_columns(class_codes: Sequence[str]) -> np.ndarray:
     """Boolean mask over ``class_codes`` (canonical diagnosis codes): which classes are malignant.
 
-    Which are malignant comes from the taxonomy (:func:`skintriage.taxonomy.malignant_indices`; ``akiec``
+    Which are malignant comes from the taxonomy (:func:`skintriage.data.taxonomy.malignant_indices`; ``akiec``
     counts as malignant, see ``taxonomy.py``).
     """
     mask = np.zeros(len(class_codes), dtype=bool)
@@ -350,8 +350,8 @@ def malignant_columns(class_codes: Sequence[str]) -> np.ndarray:
 
 
 def malignancy_score(probabilities: np.ndarray, class_codes: Sequence[str]) -> np.ndarray:
-    """Per row, :func:`skintriage.taxonomy.malignancy_probability`: the summed probability of the malignant classes
-    (:func:`skintriage.taxonomy.malignant_indices`), at most 1; what a referral threshold is applied to."""
+    """Per row, :func:`skintriage.data.taxonomy.malignancy_probability`: the summed probability of the malignant classes
+    (:func:`skintriage.data.taxonomy.malignant_indices`), at most 1; what a referral threshold is applied to."""
     p = np.asarray(probabilities, dtype=float)
     if p.ndim != 2 or p.shape[1] != len(class_codes):
         raise ValueError(f"probabilities {p.shape} do not have one column per class code ({len(class_codes)})")

@@ -3,6 +3,6 @@
 One job per module: ``references`` (the plain implementations we compare against), ``samples`` (real or
 generated images), ``inference``, ``training``, ``scaling`` (the sections), ``report`` (JSON, markdown, plot)
 and ``suite`` (what runs). The timing primitives (warm-up, repeats, medians, alternating candidates) are the
-library's :mod:`skintriage.timing`, which the ``auto`` backend choice uses too: the benchmarks import the
+library's :mod:`skintriage.common.timing`, which the ``auto`` backend choice uses too: the benchmarks import the
 library, never the reverse.
 """

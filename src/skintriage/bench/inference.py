@@ -21,12 +21,12 @@ import torch
 
 from skintriage.bench import references
 from skintriage.bench.samples import ImageSet
-from skintriage.checkpoint import load_bundle
+from skintriage.common.timing import interleaved, ratio
 from skintriage.data.images import decode_image
-from skintriage.explain import saliency
-from skintriage.inference import bundle_normalization, forward
-from skintriage.predict import FileError, Predictor
-from skintriage.timing import interleaved, ratio
+from skintriage.inference.batch import bundle_normalization, forward
+from skintriage.inference.explain import saliency
+from skintriage.inference.predictor import FileError, Predictor
+from skintriage.model.bundle import load_bundle
 
 LATENCY_TARGETS_MS = {"without_saliency": 50.0, "with_saliency": 150.0}
 THROUGHPUT_TARGET_RATIO = 3.0
@@ -203,9 +203,9 @@ def onnx_comparison(
     when the exporter, onnxruntime or the predictor's ``backend=`` option is not available.
     """
     try:
-        from skintriage.export import export_onnx
+        from skintriage.inference.export import export_onnx
     except ImportError as error:
-        return {"skipped": f"no ONNX exporter in this version (skintriage.export: {error})"}
+        return {"skipped": f"no ONNX exporter in this version (skintriage.inference.export: {error})"}
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from skintriage.atomic import atomic_path, atomic_write_text
+from skintriage.common.atomic import atomic_path, atomic_write_text
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from skintriage.checkpoint import Bundle
-from skintriage.inference import forward
-from skintriage.models import create_model
-from skintriage.timing import interleaved
+from skintriage.common.timing import interleaved
+from skintriage.inference.batch import forward
+from skintriage.model.bundle import Bundle
+from skintriage.model.registry import create_model
 
 SIZES = (96, 128, 160, 192, 224)
 BATCH_SIZES = (1, 8, 32, 64)

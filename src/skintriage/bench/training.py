@@ -1,7 +1,7 @@
 """Training throughput: the real ``train_one_epoch`` vs a plain reference loop vs the model alone.
 
-*Ours* is :func:`skintriage.train.train_one_epoch` on a :class:`~skintriage.train.Run` assembled from
-train.py's public pieces exactly as :func:`~skintriage.train.train` assembles it (config, preset,
+*Ours* is :func:`skintriage.training.loop.train_one_epoch` on a :class:`~skintriage.training.loop.Run` assembled from
+train.py's public pieces exactly as :func:`~skintriage.training.loop.train` assembles it (config, preset,
 dataset with its decode cache, channels-last model, EMA, optimiser, sampler), over a manifest of
 ``steps x batch_size`` images, so one call is ``steps`` optimiser steps. The decode cache is filled
 before timing, as it is from the second epoch of a real run on.
@@ -23,22 +23,22 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from skintriage import train
 from skintriage.bench import references
 from skintriage.bench.samples import TrainingImages
-from skintriage.config import TrainConfig
+from skintriage.common.timing import interleaved, ratio
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetTrain
-from skintriage.inference import resolve_device
-from skintriage.models import create_model, normalization_for
-from skintriage.timing import interleaved, ratio
-from skintriage.train import Run, class_names_for, make_optimizer, train_one_epoch
+from skintriage.inference.batch import resolve_device
+from skintriage.model.registry import create_model, normalization_for
+from skintriage.training import loop as train
+from skintriage.training.config import TrainConfig
+from skintriage.training.loop import Run, class_names_for, make_optimizer, train_one_epoch
 
 TRAINING_TARGET_RATIO = 1.5
 
 
 def build_run(config: TrainConfig, training: TrainingImages, *, device: torch.device) -> Run:
-    """A :class:`Run` over ``training.manifest`` as :func:`skintriage.train.train` builds one (no validation:
+    """A :class:`Run` over ``training.manifest`` as :func:`skintriage.training.loop.train` builds one (no validation:
     ``train_one_epoch`` does not validate, so the validation loader is empty)."""
     train_set = ManifestDataset(
         training.manifest,

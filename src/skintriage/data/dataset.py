@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from skintriage.data.presets import remove_artefact
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
-from skintriage.taxonomy import DIAGNOSES
+from skintriage.data.taxonomy import DIAGNOSES
 
 Transform = Callable[[np.ndarray], Any]
 
@@ -40,7 +40,7 @@ Transform = Callable[[np.ndarray], Any]
 class ManifestDataset(Dataset):
     """Images and diagnosis labels of a manifest, for ``torch.utils.data.DataLoader``.
 
-    ``class_names`` lists canonical diagnosis codes (``skintriage.taxonomy.DIAGNOSES``) in the order of
+    ``class_names`` lists canonical diagnosis codes (``skintriage.data.taxonomy.DIAGNOSES``) in the order of
     the model's outputs. Every row's diagnosis must be one of them; a row that is not is an error at
     construction, not a crash hours into an epoch (filter the manifest first to drop classes on
     purpose), unless ``unknown_label`` is given (e.g. -1): evaluation predicts such rows too, because

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from skintriage.data.images import decode_array, decode_image, image_header_problem
-from skintriage.taxonomy import label_map
+from skintriage.data.taxonomy import label_map
 
 ACQUISITIONS = ("dermoscopic", "clinical")
 SPLITS = ("train", "val", "test")

@@ -19,7 +19,7 @@ import pandas as pd
 from skintriage.data.records import ManifestError
 from skintriage.data.sources.files import MetadataError, blank, index_images, parse_codes, read_table
 from skintriage.data.sources.registry import Source, register
-from skintriage.taxonomy import is_malignant, label_map, normalise_label
+from skintriage.data.taxonomy import is_malignant, label_map, normalise_label
 
 NAME = "ddi"
 METADATA_NAME = "ddi_metadata.csv"

@@ -23,7 +23,7 @@ import pandas as pd
 
 from skintriage.data.sources.files import MetadataError, blank, index_images, normalise_sex, read_table
 from skintriage.data.sources.registry import FetchError, Source, register
-from skintriage.taxonomy import normalise_label
+from skintriage.data.taxonomy import normalise_label
 
 METADATA_NAME = "metadata.csv"
 # Deepest level first: the first filled one is the most specific diagnosis the archive has.
