@@ -1024,33 +1024,50 @@ def test_a_small_valid_knowledge_base_loads(tmp_path):
     assert "- A fact. [Project review 2026: a topic] [A publisher, 'A page']" in render_markdown(other)
 
 
-def test_unknown_citation_names_file_topic_and_fact(tmp_path):
+def test_unknown_citation_names_file_and_field(tmp_path):
     topic = GOOD_TOPIC + "  - text: Second fact.\n    citations: [S1, NOPE]\n"
     write_kb(tmp_path, {"01_alpha.yaml": topic})
     with pytest.raises(GuidanceError) as error:
         load_guidance(tmp_path)
     message = str(error.value)
-    assert "01_alpha.yaml" in message and "'alpha'" in message and "fact 2" in message
-    assert "unknown citation id 'NOPE'" in message
+    assert f"{tmp_path / 'topics' / '01_alpha.yaml'}: facts.1.citations: unknown citation id 'NOPE'" in message
+    assert "known source ids: S1, L1" in message
+
+
+def test_unknown_citation_in_a_table_row_names_the_row(tmp_path):
+    table = (
+        "tables:\n  - title: T\n    columns: [a, b]\n    rows:\n      - cells: [x, y]\n        citations: [L1, NOPE]\n"
+    )
+    write_kb(tmp_path, {"01_alpha.yaml": GOOD_TOPIC + table})
+    with pytest.raises(
+        GuidanceError, match=r"01_alpha\.yaml: tables\.0\.rows\.0\.citations: unknown citation id 'NOPE'"
+    ):
+        load_guidance(tmp_path)
 
 
 @pytest.mark.parametrize("citations", ["", "    citations: []\n"])
 def test_fact_without_citation_is_rejected(tmp_path, citations):
     topic = GOOD_TOPIC + "  - text: Uncited fact.\n" + citations
     write_kb(tmp_path, {"01_alpha.yaml": topic})
-    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: topic 'alpha', fact 2: has no citation"):
+    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: facts\.1\.citations: has no citation"):
         load_guidance(tmp_path)
 
 
 def test_duplicate_topic_id_is_rejected(tmp_path):
     write_kb(tmp_path, {"01_alpha.yaml": GOOD_TOPIC, "02_again.yaml": GOOD_TOPIC})
-    with pytest.raises(GuidanceError, match=r"02_again\.yaml: duplicate topic id 'alpha'.*01_alpha\.yaml"):
+    with pytest.raises(GuidanceError, match=r"02_again\.yaml: id: duplicate topic id 'alpha'.*01_alpha\.yaml"):
         load_guidance(tmp_path)
 
 
 def test_unknown_related_topic_is_rejected(tmp_path):
     write_kb(tmp_path, {"01_alpha.yaml": GOOD_TOPIC + "related: [beta]\n"})
-    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: topic 'alpha': unknown related topic 'beta'"):
+    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: related\.0: unknown related topic 'beta'"):
+        load_guidance(tmp_path)
+
+
+def test_topic_listing_itself_as_related_is_rejected(tmp_path):
+    write_kb(tmp_path, {"01_alpha.yaml": GOOD_TOPIC + "related: [alpha]\n"})
+    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: related\.0: topic 'alpha' lists itself as related"):
         load_guidance(tmp_path)
 
 
@@ -1066,25 +1083,31 @@ def test_table_row_with_wrong_cell_count_is_rejected(tmp_path):
             citations: [L1]
     """
     write_kb(tmp_path, {"01_alpha.yaml": GOOD_TOPIC + textwrap.dedent(table)})
-    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: topic 'alpha', table 1, row 2: has 2 cells .* 3 columns"):
+    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: tables\.0: rows\.1\.cells has 2 cells .* 3 columns"):
         load_guidance(tmp_path)
 
 
 def test_table_row_without_citation_is_rejected(tmp_path):
     table = "tables:\n  - title: T\n    columns: [a, b]\n    rows:\n      - cells: [x, y]\n"
     write_kb(tmp_path, {"01_alpha.yaml": GOOD_TOPIC + table})
-    with pytest.raises(GuidanceError, match=r"table 1, row 1: has no citation"):
+    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: tables\.0\.rows\.0\.citations: has no citation"):
         load_guidance(tmp_path)
 
 
 @pytest.mark.parametrize(
     ("topic", "problem"),
     [
-        (GOOD_TOPIC.replace("title: Alpha\n", ""), "missing field 'title'"),
-        (GOOD_TOPIC.replace("audience_summary: One sentence.\n", ""), "missing field 'audience_summary'"),
-        (GOOD_TOPIC.replace("  - text: A fact.\n", "  - txt: A fact.\n"), "unknown field"),
-        ("id: alpha\ntitle: A\naudience_summary: B.\n", "missing field 'facts'"),
-        (GOOD_TOPIC.replace("id: alpha", "id: Alpha-Topic"), "snake_case"),
+        (GOOD_TOPIC.replace("title: Alpha\n", ""), "01_alpha.yaml: title: Field required"),
+        (
+            GOOD_TOPIC.replace("audience_summary: One sentence.\n", ""),
+            "01_alpha.yaml: audience_summary: Field required",
+        ),
+        (GOOD_TOPIC.replace("  - text: A fact.\n", "  - txt: A fact.\n"), "01_alpha.yaml: facts.0.txt: Extra inputs"),
+        ("id: alpha\ntitle: A\naudience_summary: B.\n", "01_alpha.yaml: facts: Field required"),
+        ("id: alpha\ntitle: A\naudience_summary: B.\nfacts: []\n", "01_alpha.yaml: facts: needs at least 1 fact"),
+        (GOOD_TOPIC.replace("id: alpha", "id: Alpha-Topic"), "01_alpha.yaml: id: topic id must be snake_case"),
+        (GOOD_TOPIC.replace("title: Alpha", "title: '  '"), "01_alpha.yaml: title: is empty"),
+        ("- id: alpha\n", "01_alpha.yaml: Input should be a valid dictionary"),
     ],
 )
 def test_missing_or_misspelt_topic_fields_are_rejected(tmp_path, topic, problem):
@@ -1097,15 +1120,20 @@ def test_missing_or_misspelt_topic_fields_are_rejected(tmp_path, topic, problem)
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
-        (("    publisher: A publisher\n", ""), "source 1 ('S1'): missing field 'publisher'"),
-        (("    via: clinical_facts.md\n", ""), "source 2 ('L1'): missing field 'via'"),
-        (("    reference: Someone et al., Journal 2000\n", ""), "source 2 ('L1'): missing field 'reference'"),
-        (("kind: literature", "kind: blog"), "kind must be one of"),
-        (("id: L1", "id: S1"), "duplicate source id 'S1'"),
-        (('pmid: "123"', "pmid: PMID123"), "pmid must be digits"),
+        (("    publisher: A publisher\n", ""), "sources.0.document.publisher: Field required"),
+        (("    via: clinical_facts.md\n", ""), "sources.1.literature.via: Field required"),
+        (("    reference: Someone et al., Journal 2000\n", ""), "sources.1.literature.reference: Field required"),
+        (("kind: literature", "kind: blog"), "sources.1: Input tag 'blog' found using 'kind' does not match"),
+        (("id: L1", "id: S1"), "sources.1.id: duplicate source id 'S1'"),
+        (('pmid: "123"', "pmid: PMID123"), "sources.1.literature.pmid: pmid must be digits, got 'PMID123'"),
         (("    title: A paper\n", "    title: A paper\n    cite: A publisher, 'A page'\n"), "is also source 'S1'"),
         (("    title: A paper\n", "    title: A paper\n    cite: Someone [2000]\n"), "may not contain '['"),
-        (("    title: A paper\n", "    title: A paper\n    cite: See clinical_facts.md\n"), "field 'cite' names"),
+        (("    title: A paper\n", "    title: A paper\n    cite: See clinical_facts.md\n"), "literature.cite: names"),
+        (
+            ("    title: A paper\n", "    title: A paper\n    citation: x\n"),
+            "sources.1.literature.citation: Extra inputs",
+        ),
+        ((SOURCES_YAML, "sources: []\n"), "sources: needs at least 1 source, got 0"),
     ],
 )
 def test_broken_sources_are_rejected(tmp_path, edit, problem):
@@ -1113,6 +1141,62 @@ def test_broken_sources_are_rejected(tmp_path, edit, problem):
     with pytest.raises(GuidanceError, match=r"sources\.yaml") as error:
         load_guidance(tmp_path)
     assert problem in str(error.value)
+
+
+TABLE = "tables:\n  - title: T\n    columns: [a, b]\n    rows:\n      - cells: [x, y]\n        citations: [L1]\n"
+
+
+@pytest.mark.parametrize(
+    ("topic", "field", "problem"),
+    [
+        # an unknown key, at the top and inside a fact (a misspelt 'citations' also leaves the fact uncited)
+        (GOOD_TOPIC + "sumary: Misspelt.\n", "sumary", "Extra inputs are not permitted"),
+        (GOOD_TOPIC.replace("citations: [S1]", "citation: [S1]"), "facts.0.citation", "Extra inputs are not permitted"),
+        (GOOD_TOPIC.replace("citations: [S1]", "citation: [S1]"), "facts.0.citations", "has no citation"),
+        (
+            GOOD_TOPIC + TABLE.replace("citations: [L1]", "citations: [L1]\n        note: x"),
+            "tables.0.rows.0.note",
+            "Extra",
+        ),
+        # a wrong type
+        (GOOD_TOPIC.replace("title: Alpha", "title: [Al, pha]"), "title", "Input should be a valid string, got list"),
+        (GOOD_TOPIC.replace("text: A fact.", "text: 1.5"), "facts.0.text", "Input should be a valid string, got float"),
+        (GOOD_TOPIC + "related: biopsy\n", "related", "Input should be a valid tuple, got str"),
+        (
+            GOOD_TOPIC + TABLE.replace("[x, y]", "[[x], y]"),
+            "tables.0.rows.0.cells.0",
+            "Input should be a valid string, got list",
+        ),
+        # a missing citation, on a fact and on a table row
+        (GOOD_TOPIC.replace("    citations: [S1]\n", ""), "facts.0.citations", "has no citation"),
+        (
+            GOOD_TOPIC + TABLE.replace("citations: [L1]", "citations: []"),
+            "tables.0.rows.0.citations",
+            "has no citation",
+        ),
+    ],
+)
+def test_schema_errors_name_the_file_and_the_dotted_field(tmp_path, topic, field, problem):
+    write_kb(tmp_path, {"01_alpha.yaml": topic})
+    with pytest.raises(GuidanceError) as error:
+        load_guidance(tmp_path)
+    lines = str(error.value).splitlines()  # one line per problem, each "<file>: <field>: <problem>"
+    assert all(line.startswith(f"{tmp_path / 'topics' / '01_alpha.yaml'}: ") for line in lines), lines
+    assert any(line.startswith(f"{tmp_path / 'topics' / '01_alpha.yaml'}: {field}: {problem}") for line in lines), lines
+
+
+def test_numbers_in_text_fields_are_read_as_text(tmp_path):
+    topic = GOOD_TOPIC + TABLE.replace("[x, y]", "[7, y]")
+    sources = SOURCES_YAML.replace('pmid: "123"', "pmid: 123")
+    kb = load_guidance(write_kb(tmp_path, {"01_alpha.yaml": topic}, sources=sources))
+    assert kb.topics["alpha"].tables[0].rows[0].cells == ("7", "y") and kb.sources["L1"].pmid == "123"
+
+
+def test_loaded_records_are_read_only(kb):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
+        kb.topics["biopsy"].title = "Changed"  # type: ignore[misc]
 
 
 def test_invalid_yaml_names_the_file(tmp_path):
@@ -1126,9 +1210,9 @@ def test_invalid_yaml_names_the_file(tmp_path):
     [
         (
             ("Someone et al., Journal 2000", "Someone et al., via clinical_facts.md"),
-            "source 2 ('L1'): field 'reference'",
+            "sources.1.literature.reference: names the internal file",
         ),
-        (("title: A page", "title: A page (000_a991662f92536825.txt)"), "source 1 ('S1'): field 'title'"),
+        (("title: A page", "title: A page (000_a991662f92536825.txt)"), "sources.0.document.title: names the internal"),
     ],
 )
 def test_internal_file_names_in_shown_source_fields_are_rejected(tmp_path, edit, where):
@@ -1141,5 +1225,5 @@ def test_internal_file_names_in_shown_source_fields_are_rejected(tmp_path, edit,
 def test_internal_file_names_in_topic_text_are_rejected(tmp_path):
     topic = GOOD_TOPIC.replace("A fact.", "A fact (see 001_460af97a28b409ee.txt).")
     write_kb(tmp_path, {"01_alpha.yaml": topic})
-    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: topic 'alpha', fact 1: field 'text' names the internal"):
+    with pytest.raises(GuidanceError, match=r"01_alpha\.yaml: facts\.0\.text: names the internal file"):
         load_guidance(tmp_path)

@@ -28,22 +28,32 @@ The text is the project's own wording: facts and figures come from the sources w
 sentences do not (``tests/test_guidance.py`` checks for copied word runs, and that every number quoted
 appears in the fact sheet or in a cited page). Where sources disagree the fact says so, and advice found
 only on a weak source (the AI-generated Dr.Oracle page, consumer pages) is reported as what that page
-says, not as a recommendation. Loading validates the data and fails loudly, naming the file and the
-topic/fact, because a silently dropped citation would turn a sourced statement into an unsourced one.
+says, not as a recommendation. Loading validates the data against the schema of ``schema.py`` (pydantic
+models of both files) and fails loudly, naming the file and the field, because a silently dropped citation
+would turn a sourced statement into an unsourced one.
 """
 
 from __future__ import annotations
 
 import functools
 import html
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
+from skintriage.triage.guidance.schema import (
+    GUIDANCE_DIR,
+    Fact,
+    GuidanceError,
+    KnowledgeBase,
+    Source,
+    Table,
+    TableRow,
+    Topic,
+    load_guidance,
+    topic_ids,
+)
 
 __all__ = [
     "DIFFERENTIAL_TOPICS",
@@ -66,8 +76,6 @@ __all__ = [
     "topic_ids",
     "topics_for_differential",
 ]
-
-GUIDANCE_DIR = Path(__file__).resolve().parent
 
 NOTE = (
     "Educational guidance summarised from the cited sources, not clinical advice: the clinician's judgement "
@@ -108,351 +116,6 @@ DIFFERENTIAL_TOPICS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "benign": (),
     }
 )
-
-SOURCE_KINDS = ("document", "literature")
-# Internal names that must never reach a clinician: the fact sheet's file name and the copied pages'
-# file names (NNN_<16 hex digits>.txt). Checked on every field that is rendered.
-_INTERNAL_NAME = re.compile(r"clinical_facts\.md|\b\d{3}_[0-9a-f]{16}\.txt\b", re.IGNORECASE)
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_TOPIC_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-class GuidanceError(ValueError):
-    """The guidance data is invalid, or a caller asked for a topic or differential that does not exist."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """One citable source: a copied web page (``document``) or a publication (``literature``)."""
-
-    id: str
-    kind: str
-    title: str
-    publisher: str | None = None
-    file: str | None = None
-    reference: str | None = None
-    pmid: str | None = None
-    url: str | None = None
-    via: str | None = None
-    reliability_note: str | None = None
-    cite_as: str | None = None
-
-    @property
-    def cite(self) -> str:
-        """The name a clinician recognises, used as the citation marker and to head the source-list entry.
-
-        The ``cite`` of sources.yaml where given (the fact sheet's own statements, e.g. "Clinical review 2026
-        (fact sheet): biopsy", and pages whose title is too long for a marker); otherwise publisher and
-        title for a page ("NeuroEndocrine Cancer Australia (NECA), 'Skin Changes and NETs'") and the
-        reference up to its volume for literature ("Heath et al., J Am Acad Dermatol 2008"). Never the id:
-        ids such as ``CF-biopsy`` read as internal.
-        """
-        if self.cite_as:
-            return self.cite_as
-        if self.kind == "document":
-            return f"{self.publisher}, '{self.title}'"
-        return (self.reference or self.title).split(";", 1)[0].strip()
-
-    @property
-    def label(self) -> str:
-        """A one-line citation for clinicians: publisher and title for a page; reference and PMID otherwise.
-
-        Never the internal file name or the fact sheet it came through (those stay in ``file``/``via``).
-        """
-        if self.kind == "document":
-            return f'{self.publisher}: "{self.title}" (web page)'
-        pmid = f", PMID {self.pmid}" if self.pmid else ""
-        return f"{self.reference}{pmid}"
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One statement in the project's own words, with the ids of the sources that support it."""
-
-    text: str
-    citations: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class TableRow:
-    cells: tuple[str, ...]
-    citations: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Table:
-    """A structured table (e.g. the IHC panel MCC vs metastasis); every row carries its own citations."""
-
-    title: str
-    columns: tuple[str, ...]
-    rows: tuple[TableRow, ...]
-
-
-@dataclass(frozen=True)
-class Topic:
-    id: str
-    title: str
-    audience_summary: str
-    facts: tuple[Fact, ...]
-    tables: tuple[Table, ...] = ()
-    related: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class KnowledgeBase:
-    """All sources by id and all topics by id, in display order. Read-only: the default one is cached."""
-
-    sources: Mapping[str, Source]
-    topics: Mapping[str, Topic]
-
-    def cited_source_ids(self, topics: Iterable[str] | None = None) -> list[str]:
-        """Ids of the sources cited by the given topics (all by default), in sources.yaml order."""
-        chosen = self.topics.values() if topics is None else [self.topics[t] for t in topics]
-        cited: set[str] = set()
-        for topic in chosen:
-            for fact in topic.facts:
-                cited.update(fact.citations)
-            for table in topic.tables:
-                for row in table.rows:
-                    cited.update(row.citations)
-        return [source_id for source_id in self.sources if source_id in cited]
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading and validation
-# --------------------------------------------------------------------------------------------------
-
-_SOURCE_FIELDS = {
-    "id",
-    "kind",
-    "title",
-    "cite",
-    "publisher",
-    "file",
-    "reference",
-    "pmid",
-    "url",
-    "via",
-    "reliability_note",
-}
-_TOPIC_FIELDS = {"id", "title", "audience_summary", "facts", "tables", "related"}
-
-
-def load_guidance(path: Path | None = None) -> KnowledgeBase:
-    """Load and validate the knowledge base from ``path`` (a folder with sources.yaml and topics/).
-
-    Without a path the packaged guidance is loaded once and cached, because the app renders it on every
-    request. An explicit path is read fresh each time (tests and authors editing the data).
-    """
-    if path is None:
-        return _load_default()
-    return _load(Path(path))
-
-
-@functools.lru_cache(maxsize=1)
-def _load_default() -> KnowledgeBase:
-    return _load(GUIDANCE_DIR)
-
-
-def topic_ids() -> list[str]:
-    """The ids of the packaged topics in display order, e.g. for a CLI choice or an API schema."""
-    return list(load_guidance().topics)
-
-
-def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise GuidanceError(f"{path}: file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise GuidanceError(f"{path}: not valid YAML: {error}") from error
-
-
-def _text(value: Any, where: str, field: str, *, required: bool = True) -> str | None:
-    if value is None:
-        if required:
-            raise GuidanceError(f"{where}: missing field {field!r}")
-        return None
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise GuidanceError(f"{where}: field {field!r} must be text, got {type(value).__name__}")
-    text = " ".join(str(value).split())
-    if not text:
-        if required:
-            raise GuidanceError(f"{where}: field {field!r} is empty")
-        return None
-    return text
-
-
-def _shown(value: Any, where: str, field: str, *, required: bool = True) -> str | None:
-    """Like ``_text``, for a field that is rendered to clinicians: it may not name an internal file."""
-    text = _text(value, where, field, required=required)
-    if text is not None and (found := _INTERNAL_NAME.search(text)):
-        raise GuidanceError(
-            f"{where}: field {field!r} names the internal file {found.group(0)!r}, which clinicians must not "
-            "see; cite the source by id and keep file names in the source's 'file'/'via' fields"
-        )
-    return text
-
-
-def _check_fields(entry: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(entry, dict):
-        raise GuidanceError(f"{where}: expected a mapping, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise GuidanceError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-    return entry
-
-
-def _load_sources(path: Path) -> dict[str, Source]:
-    document = _read_yaml(path)
-    if not isinstance(document, dict) or not isinstance(document.get("sources"), list):
-        raise GuidanceError(f"{path}: expected a top-level 'sources' list")
-    sources: dict[str, Source] = {}
-    for index, raw in enumerate(document["sources"], start=1):
-        where = f"{path}: source {index}"
-        entry = _check_fields(raw, _SOURCE_FIELDS, where)
-        source_id = _text(entry.get("id"), where, "id")
-        assert source_id is not None
-        where = f"{path}: source {index} ({source_id!r})"
-        if not _ID_PATTERN.match(source_id):
-            raise GuidanceError(f"{where}: id must be letters, digits, '-' or '_'")
-        if source_id in sources:
-            raise GuidanceError(f"{where}: duplicate source id {source_id!r}")
-        kind = _text(entry.get("kind"), where, "kind")
-        if kind not in SOURCE_KINDS:
-            raise GuidanceError(f"{where}: kind must be one of {list(SOURCE_KINDS)}, got {kind!r}")
-        is_document = kind == "document"
-        source = Source(
-            id=source_id,
-            kind=kind,
-            title=_shown(entry.get("title"), where, "title") or "",
-            publisher=_shown(entry.get("publisher"), where, "publisher", required=is_document),
-            file=_text(entry.get("file"), where, "file", required=is_document),
-            reference=_shown(entry.get("reference"), where, "reference", required=not is_document),
-            pmid=_text(entry.get("pmid"), where, "pmid", required=False),
-            url=_text(entry.get("url"), where, "url", required=False),
-            via=_text(entry.get("via"), where, "via", required=not is_document),
-            reliability_note=_shown(entry.get("reliability_note"), where, "reliability_note", required=False),
-            cite_as=_shown(entry.get("cite"), where, "cite", required=False),
-        )
-        if source.pmid is not None and not source.pmid.isdigit():
-            raise GuidanceError(f"{where}: pmid must be digits, got {source.pmid!r}")
-        # The marker is how a reader finds the source in the list: it must name one source, and stay one marker.
-        if "[" in source.cite or "]" in source.cite:
-            raise GuidanceError(
-                f"{where}: citation name {source.cite!r} may not contain '[' or ']' (it is shown in brackets)"
-            )
-        clash = next((other.id for other in sources.values() if other.cite == source.cite), None)
-        if clash is not None:
-            raise GuidanceError(
-                f"{where}: citation name {source.cite!r} is also source {clash!r}'s; give one of them a distinct 'cite'"
-            )
-        sources[source_id] = source
-    if not sources:
-        raise GuidanceError(f"{path}: no sources")
-    return sources
-
-
-def _citations(value: Any, where: str, sources: Mapping[str, Source]) -> tuple[str, ...]:
-    if value is None or value == []:
-        raise GuidanceError(f"{where}: has no citation (every fact and table row needs at least one source id)")
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise GuidanceError(f"{where}: 'citations' must be a list of source ids")
-    citations: list[str] = []
-    for item in value:
-        cited = _text(item, where, "citations")
-        assert cited is not None
-        if cited not in sources:
-            raise GuidanceError(f"{where}: unknown citation id {cited!r}; known source ids: {', '.join(sources)}")
-        if cited not in citations:
-            citations.append(cited)
-    return tuple(citations)
-
-
-def _load_table(raw: Any, where: str, sources: Mapping[str, Source]) -> Table:
-    entry = _check_fields(raw, {"title", "columns", "rows"}, where)
-    title = _shown(entry.get("title"), where, "title") or ""
-    columns_raw = entry.get("columns")
-    if not isinstance(columns_raw, list) or len(columns_raw) < 2:
-        raise GuidanceError(f"{where}: 'columns' must be a list of at least two column names")
-    columns = tuple(_shown(c, where, "columns") or "" for c in columns_raw)
-    rows_raw = entry.get("rows")
-    if not isinstance(rows_raw, list) or not rows_raw:
-        raise GuidanceError(f"{where}: missing field 'rows' (a non-empty list)")
-    rows: list[TableRow] = []
-    for row_index, row_raw in enumerate(rows_raw, start=1):
-        row_where = f"{where}, row {row_index}"
-        row = _check_fields(row_raw, {"cells", "citations"}, row_where)
-        cells_raw = row.get("cells")
-        if not isinstance(cells_raw, list):
-            raise GuidanceError(f"{row_where}: missing field 'cells' (a list)")
-        if len(cells_raw) != len(columns):
-            raise GuidanceError(
-                f"{row_where}: has {len(cells_raw)} cells but the table has {len(columns)} columns {list(columns)}"
-            )
-        cells = tuple(_shown(c, row_where, "cells") or "" for c in cells_raw)
-        rows.append(TableRow(cells=cells, citations=_citations(row.get("citations"), row_where, sources)))
-    return Table(title=title, columns=columns, rows=tuple(rows))
-
-
-def _load_topic(path: Path, sources: Mapping[str, Source]) -> Topic:
-    raw = _read_yaml(path)
-    entry = _check_fields(raw, _TOPIC_FIELDS, f"{path}")
-    topic_id = _text(entry.get("id"), f"{path}", "id")
-    assert topic_id is not None
-    where = f"{path}: topic {topic_id!r}"
-    if not _TOPIC_ID_PATTERN.match(topic_id):
-        raise GuidanceError(f"{where}: topic id must be snake_case")
-    title = _shown(entry.get("title"), where, "title") or ""
-    summary = _shown(entry.get("audience_summary"), where, "audience_summary") or ""
-    facts_raw = entry.get("facts")
-    if not isinstance(facts_raw, list) or not facts_raw:
-        raise GuidanceError(f"{where}: missing field 'facts' (a non-empty list)")
-    facts: list[Fact] = []
-    for index, fact_raw in enumerate(facts_raw, start=1):
-        fact_where = f"{where}, fact {index}"
-        fact = _check_fields(fact_raw, {"text", "citations"}, fact_where)
-        text = _shown(fact.get("text"), fact_where, "text") or ""
-        facts.append(Fact(text=text, citations=_citations(fact.get("citations"), fact_where, sources)))
-    tables_raw = entry.get("tables") or []
-    if not isinstance(tables_raw, list):
-        raise GuidanceError(f"{where}: 'tables' must be a list")
-    tables = tuple(
-        _load_table(table_raw, f"{where}, table {index}", sources) for index, table_raw in enumerate(tables_raw, 1)
-    )
-    related_raw = entry.get("related") or []
-    if not isinstance(related_raw, list):
-        raise GuidanceError(f"{where}: 'related' must be a list of topic ids")
-    related = tuple(_text(r, where, "related") or "" for r in related_raw)
-    return Topic(id=topic_id, title=title, audience_summary=summary, facts=tuple(facts), tables=tables, related=related)
-
-
-def _load(folder: Path) -> KnowledgeBase:
-    sources = _load_sources(folder / "sources.yaml")
-    topic_files = sorted((folder / "topics").glob("*.yaml"))
-    if not topic_files:
-        raise GuidanceError(f"{folder / 'topics'}: no topic files (*.yaml)")
-    topics: dict[str, Topic] = {}
-    files: dict[str, Path] = {}
-    for path in topic_files:
-        topic = _load_topic(path, sources)
-        if topic.id in topics:
-            raise GuidanceError(f"{path}: duplicate topic id {topic.id!r} (already defined in {files[topic.id]})")
-        topics[topic.id] = topic
-        files[topic.id] = path
-    for topic in topics.values():
-        for related in topic.related:
-            if related not in topics:
-                raise GuidanceError(
-                    f"{files[topic.id]}: topic {topic.id!r}: unknown related topic {related!r}; "
-                    f"known topic ids: {', '.join(topics)}"
-                )
-            if related == topic.id:
-                raise GuidanceError(f"{files[topic.id]}: topic {topic.id!r} lists itself as related")
-    return KnowledgeBase(sources=MappingProxyType(sources), topics=MappingProxyType(topics))
-
 
 # --------------------------------------------------------------------------------------------------
 # Selection and rendering
