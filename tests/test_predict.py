@@ -24,12 +24,12 @@ from skintriage.model.bundle import DEFAULT_BUNDLE, METADATA_FILE, load_bundle, 
 from skintriage.model.registry import create_model, get_head, normalization_for
 from skintriage.triage.acquisition import AcquisitionClassifier
 from skintriage.triage.guidance import load_guidance, topics_for_differential
-from skintriage.triage.referral import RULES, ClinicalContext, ReferralPolicy, decide, rules_markdown
+from skintriage.triage.referral import RULES, ClinicalContext, Level, ReferralPolicy, decide, rules_markdown
 from skintriage.triage.uncertainty import UncertaintyGate
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MALIGNANT = ("mel", "bcc", "scc", "akiec", "other_malignant")
-LEVELS = {"urgent", "refer", "routine"}
+LEVELS = set(Level)
 runner = CliRunner()
 
 

@@ -55,7 +55,6 @@ CLASSES = (
 )
 MALIGNANT = ("mel", "bcc", "scc", "akiec", "other_malignant")
 POLICY = ReferralPolicy(referral_threshold=0.16, urgent_threshold=0.64)
-RANK = {"routine": 0, "refer": 1, "urgent": 2}
 
 # Every rule id the engine can emit; test_every_rule_id_in_the_engine_is_pinned_here fails when one is added.
 PINNED_RULES = {
@@ -618,13 +617,27 @@ def test_limits_always_say_the_model_never_saw_mcc_or_metastasis(decision: Refer
     assert any("not a diagnostic device" in limit for limit in decision.limits)
 
 
+def test_levels_order_by_rank_and_read_as_their_plain_word() -> None:
+    assert sorted([Level.URGENT, Level.ROUTINE, Level.REFER]) == [Level.ROUTINE, Level.REFER, Level.URGENT]
+    assert [level.rank for level in Level] == [0, 1, 2] and max(Level) is Level.URGENT
+    assert Level.REFER < Level.URGENT and Level.ROUTINE <= Level.ROUTINE and not Level.ROUTINE > Level.REFER
+    # the plain word everywhere a level is written out: equality, JSON, f-strings, the rule table
+    assert Level.ROUTINE == "routine" and Level("refer") is Level.REFER and Level.URGENT.label == "urgent"
+    assert json.dumps({"level": Level.REFER}) == '{"level": "refer"}' and f"{Level.URGENT}" == "urgent"
+    # as text "refer" < "routine"; a level never silently orders against a plain string
+    with pytest.raises(TypeError, match="another Level"):
+        _ = Level.ROUTINE < "urgent"
+    with pytest.raises(TypeError, match="another Level"):
+        _ = "urgent" > Level.ROUTINE  # noqa: SIM300 (the reflected comparison is the point)
+
+
 def test_to_dict_is_json_ready_and_keeps_the_rule_ids() -> None:
     decision = run(probs(mel=0.3), gate(low=True), **AEIOU_3)
     data = decision.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["level"] == "urgent"
     assert [r["rule"] for r in data["reasons"]] == rules(decision)
-    assert {r["level"] for r in data["reasons"]} <= set(RANK)
+    assert {r["level"] for r in data["reasons"]} <= set(Level)
     assert [d["condition"] for d in data["differential"]] == ["mcc", "other_malignant", "cannot_assess"]
     assert [d["workup"] for d in data["differential"]] == ["suspected_mcc", "other_malignant", "cannot_assess"]
 
@@ -765,7 +778,7 @@ def test_adding_any_clinical_risk_feature_never_lowers_the_level_or_drops_a_reas
     before = decide(p, uncertainty, context, POLICY)
     for more in riskier(context):
         after = decide(p, uncertainty, more, POLICY)
-        assert RANK[after.level] >= RANK[before.level], (context, more)
+        assert after.level >= before.level, (context, more)
         assert set(rules(before)) - {"no_rule_fired", "known_cancer_lesion_not_new"} <= set(rules(after))
         assert set(workups(before)) - {"metastasis"} <= set(workups(after))  # metastasis may become the NET one
 
@@ -777,8 +790,8 @@ def test_invariants_of_every_decision(p, uncertainty, context) -> None:
     fired = rules(decision)
     assert len(fired) == len(set(fired)) and set(fired) <= PINNED_RULES
     # the level is the highest any reason asks for; no_rule_fired appears exactly when that is routine
-    assert RANK[decision.level] == max(RANK[r.level] for r in decision.reasons)
-    assert all(r.level == RULE[r.rule].level.label for r in decision.reasons)
+    assert decision.level == max(r.level for r in decision.reasons)
+    assert all(r.level is RULE[r.rule].level for r in decision.reasons)
     assert ("no_rule_fired" in fired) == (decision.level == "routine")
     if "no_rule_fired" in fired:
         assert set(fired) <= {"known_cancer_lesion_not_new", "no_rule_fired"} and decision.differential == []
@@ -804,8 +817,8 @@ def test_a_tripped_gate_never_lowers_the_level(p, context, ood, low) -> None:
     passing = decide(p, PASSES, context, POLICY)
     tripped = decide(p, gate(ood=ood, low=low), context, POLICY)
     missing = decide(p, None, context, POLICY)
-    assert RANK[tripped.level] >= RANK[passing.level]
-    assert RANK[missing.level] >= RANK[passing.level]
+    assert tripped.level >= passing.level
+    assert missing.level >= passing.level
 
 
 def test_rapid_growth_alone_refers() -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from enum import IntEnum
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from skintriage.data.taxonomy import DIAGNOSES, TriageGroup, is_malignant, malignancy_probability
@@ -44,14 +44,45 @@ if TYPE_CHECKING:  # the record type only: importing uncertainty at run time wou
 HEATH_2008 = "Heath et al., J Am Acad Dermatol 2008;58:375-381 (PMID 18280333)"
 
 
-class Level(IntEnum):
-    ROUTINE = 0
-    REFER = 1
-    URGENT = 2
+class Level(StrEnum):
+    """A referral level, lowest first, ordered by rank (``Level.ROUTINE < Level.REFER < Level.URGENT``).
+
+    A ``str`` whose value is the level's name ("refer"), so JSON, CSV and f-strings show it as the plain word
+    they always did and it compares equal to that word. Ordering is by rank, not alphabetical (as text,
+    "refer" < "routine"), and only between levels: ordering a level against a plain string is a ``TypeError``
+    rather than a silent text comparison.
+    """
+
+    ROUTINE = "routine"
+    REFER = "refer"
+    URGENT = "urgent"
+
+    @property
+    def rank(self) -> int:
+        """0 for routine, 1 for refer, 2 for urgent: the position in the declaration."""
+        return list(Level).index(self)
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        """The word shown for the level in the rule table and the JSON ("routine", "refer", "urgent")."""
+        return self.value
+
+    def _rank_of(self, other: object) -> int:
+        if not isinstance(other, Level):
+            raise TypeError(f"a referral level orders only against another Level, not {other!r}")
+        return other.rank
+
+    def __lt__(self, other: object) -> bool:
+        return self.rank < self._rank_of(other)
+
+    def __le__(self, other: object) -> bool:
+        return self.rank <= self._rank_of(other)
+
+    def __gt__(self, other: object) -> bool:
+        return self.rank > self._rank_of(other)
+
+    def __ge__(self, other: object) -> bool:
+        return self.rank >= self._rank_of(other)
 
 
 RE_PRESENT = "Re-present, or refer, if it grows, bleeds, ulcerates or becomes firm."
@@ -468,7 +499,7 @@ def rules_markdown(policy: ReferralPolicy | None = None) -> str:
 class Reason:
     rule: str  # a stable identifier, e.g. "malignancy_above_referral_threshold" (an id of RULES)
     text: str
-    level: str  # the level this rule alone asks for
+    level: Level  # the level this rule alone asks for
 
 
 # The work-up pathways a differential entry points to (the keys of skintriage.triage.guidance.DIFFERENTIAL_TOPICS).
@@ -492,7 +523,7 @@ class DifferentialEntry:
 
 @dataclass(frozen=True)
 class ReferralDecision:
-    level: str
+    level: Level
     meaning: str
     reasons: list[Reason]
     differential: list[DifferentialEntry]
@@ -533,7 +564,7 @@ def decide(
     differential: list[DifferentialEntry] = []
 
     def fire(rule: str, text: str) -> None:
-        reasons.append(Reason(rule, text, RULE[rule].level.label))
+        reasons.append(Reason(rule, text, RULE[rule].level))
 
     # 1. image evidence
     above_referral = malignancy >= policy.referral_threshold
@@ -720,7 +751,7 @@ def decide(
             )
         )
 
-    level = max((Level[r.level.upper()] for r in reasons), default=Level.ROUTINE)
+    level = max((r.level for r in reasons), default=Level.ROUTINE)
     if level == Level.ROUTINE:
         which = "" if policy.source is None else f" ({policy.source.label})"
         given = (
@@ -738,7 +769,7 @@ def decide(
             f"No referral rule fired: malignancy probability {malignancy:.3f} is below the referral threshold "
             f"{policy.referral_threshold:.3f}{which}.{given} {CANNOT_EXCLUDE} {RE_PRESENT}",
         )
-    return ReferralDecision(level.label, LEVEL_MEANING[level], reasons, differential, policy.limits())
+    return ReferralDecision(level, LEVEL_MEANING[level], reasons, differential, policy.limits())
 
 
 def illustrative_decision(

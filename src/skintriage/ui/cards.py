@@ -19,7 +19,7 @@ from skintriage import DISCLAIMER
 from skintriage.data.taxonomy import DIAGNOSES
 from skintriage.inference.explain import COLORMAP
 from skintriage.triage.acquisition import NAMES, AcquisitionUsed
-from skintriage.triage.referral import ACQUISITION_WORDS, ReferralDecision, ReferralPolicy, ThresholdSource
+from skintriage.triage.referral import ACQUISITION_WORDS, Level, ReferralDecision, ReferralPolicy, ThresholdSource
 from skintriage.triage.uncertainty import Uncertainty
 
 WEBP_MAX_SIDE = 16383  # the largest width or height a WebP image can have
@@ -28,9 +28,9 @@ TOP_CLASSES = 3  # lesion types named in the card's evidence
 
 
 LEVEL_STYLE = {  # background, text; WCAG AA contrast with white text
-    "urgent": ("#b91c1c", "URGENT REFERRAL"),
-    "refer": ("#b45309", "REFER"),
-    "routine": ("#15803d", "ROUTINE REVIEW"),
+    Level.URGENT: ("#b91c1c", "URGENT REFERRAL"),
+    Level.REFER: ("#b45309", "REFER"),
+    Level.ROUTINE: ("#15803d", "ROUTINE REVIEW"),
 }
 
 
@@ -194,7 +194,7 @@ def threshold_scale_html(policy: ReferralPolicy, value: float | None = None) -> 
     The slider itself cannot carry marks; this draws the bands of the photo type chosen, and the slider's value.
     """
     refer, urgent = policy.referral_threshold, policy.urgent_threshold
-    bands = [("routine", 0.0, refer), ("refer", refer, urgent), ("urgent", urgent, 1.0)]
+    bands = [(Level.ROUTINE, 0.0, refer), (Level.REFER, refer, urgent), (Level.URGENT, urgent, 1.0)]
     segments = "".join(
         f'<div title="{name}" style="width:{(stop - start) * 100:.2f}%;background:{LEVEL_STYLE[name][0]}"></div>'
         for name, start, stop in bands
