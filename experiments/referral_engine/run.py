@@ -38,10 +38,10 @@ from skintriage.inference.predictor import Prediction, Predictor
 from skintriage.model.bundle import DEFAULT_BUNDLE
 from skintriage.training.config import TrainConfig
 from skintriage.training.data import training_manifest
-from skintriage.triage.referral import ClinicalContext
+from skintriage.triage.referral import ClinicalContext, Level
 
 HERE = Path(__file__).resolve().parent
-LEVELS = ("routine", "refer", "urgent")
+LEVELS = tuple(Level)  # routine, refer, urgent: the engine's order
 COLOURS = ("#15803d", "#b45309", "#b91c1c")
 OLDER = {"age": 72, "site": "face", "asymptomatic": True}
 SCENARIOS = {  # name -> the clinical context every image of the set is given

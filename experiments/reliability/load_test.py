@@ -45,9 +45,10 @@ sys.path.insert(0, str(REPO / "tests"))  # the test harness starts the app: one 
 from app_harness import RunningApp, app_process  # noqa: E402
 
 from skintriage.common.atomic import atomic_write_text  # noqa: E402
+from skintriage.triage.referral import Level  # noqa: E402
 
 ISIC_TEST = REPO.parent / "shared" / "data" / "ham10000_isic2018_224" / "images" / "isic2018_test"
-LEVELS = ("routine", "refer", "urgent")
+LEVELS = tuple(Level)  # the engine's levels, in order
 RSS_FIRST = 100  # the early memory reading, after this many requests
 MAX_RSS_GROWTH = 1.10
 CONTEXTS = (  # (age, site, findings) cycled over requests: none, some, many
