@@ -12,7 +12,7 @@ rm -rf "$out/eval" && cp -r "$run/eval" "$out/eval"
 if [ "${3:-}" = "--as-default" ]; then
   rm -rf models/default && mkdir -p models/default
   cp "$run"/bundle/*.safetensors "$run/bundle/model.json" models/default/
-  python -c "from pathlib import Path; from skintriage.evaluation.report import write_model_card; write_model_card(Path('models/default'))"
+  python -c "from pathlib import Path; from skintriage.model.card import write_model_card; write_model_card(Path('models/default'))"
   echo "bundle: $(du -ch models/default/*.safetensors | tail -1 | cut -f1) in models/default"
 fi
 python experiments/results_table.py > /dev/null

@@ -1,8 +1,9 @@
-"""The evaluation report and the model card, on a small hand-built evaluation and a hand-written model.json."""
+"""The evaluation report (report.md and its plots) on a small hand-built evaluation; the model card is test_model_card."""
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import pytest
 from PIL import Image
 
 from skintriage import DISCLAIMER, metrics
+from skintriage.common.markdown import fmt
 from skintriage.evaluation import evaluate
-from skintriage.evaluation.report import fmt, write_model_card, write_report
+from skintriage.evaluation.report import write_report
 from skintriage.triage.calibration import probabilities_at_temperature
 
 CLASSES = ["mel", "bcc", "nv", "bkl", "vasc"]  # vasc: a model class outside the test sources' label maps
@@ -118,87 +120,19 @@ def test_write_report_survives_a_set_without_malignant_images(
     assert all((tmp_path / name).stat().st_size > 1000 for name in PLOTS)
 
 
-def bundle_metadata() -> dict:
-    """A model.json as train.finish writes it, with two evaluation sets, trimmed to what a card reads."""
-    headline = {
-        "n_images": 1511,
-        "accuracy": 0.7123,
-        "balanced_accuracy": 0.5871,
-        "macro_auc": 0.9012,
-        "ece": 0.0456,
-        "referral": {"n_malignant": 400, "n_benign": 1111, "threshold": 0.2087, "sensitivity": 0.9331,
-                     "specificity": 0.6141, "auc": 0.8873},
-        "ci95": {"accuracy": [0.6891, 0.7345], "balanced_accuracy": [0.5512, 0.6203],
-                 "referral_sensitivity": [0.9075, 0.9550], "referral_auc": [0.8688, 0.9051]},
-    }  # fmt: skip
-    return {
-        "format_version": 1,
-        "architecture": {"name": "resnet18", "num_classes": 4, "stem": "standard"},
-        "taxonomy_version": "1.0",
-        "code_version": "0.1.0+gabc1234",
-        "weights_dtype": "float16",
-        "name": "benchmark_cpu",
-        "classes": ["mel", "bcc", "nv", "bkl"],
-        "preprocessing": {
-            "input_size": 128,
-            "crop_fraction": 1.0,
-            "resize": "short side to input_size, centre crop",
-            "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-            "mask_watermark_sources": ["dermnet"],
-        },
-        "training": {
-            "config": {"name": "benchmark_cpu", "sources": [{"name": "ham10000", "root": "ham"}], "epochs": 32},
-            "data": {
-                "sources": [
-                    {"source": "ham10000", "licence": "CC BY-NC 4.0 (non-commercial research, attribution)",
-                     "citation": "Tschandl P et al. Sci Data 5, 180161 (2018).", "strategy": "project",
-                     "grouped_by": "patient, lesion"},
-                    {"source": "dermnet", "licence": "CC BY-NC-ND 3.0 NZ", "citation": "DermNet NZ",
-                     "strategy": "project"},
-                ],
-                "images": {"ham10000/train": 7000, "ham10000/val": 1500, "dermnet/train": 2100},
-                "diagnoses_train": {"nv": 5000, "mel": 900, "bkl": 800, "bcc": 400},
-                "acquisition": {"dermoscopic": 10015, "clinical": 3000},
-            },
-            "best_epoch": 27,
-        },
-        "calibration": {
-            "temperature": 1.4321,
-            "referral_threshold": 0.2087,
-            "target_sensitivity": 0.95,
-            "validation": {"n_images": 1500, "ece_before": 0.081, "ece_after": 0.023},
-        },
-        "metrics": {"validation": headline, "isic2018_test": {**headline, "balanced_accuracy": 0.5432, "ci95": {}}},
-        "weights_sha256": "0" * 64,
-    }  # fmt: skip
+def test_importing_the_report_selects_no_backend_and_loads_no_pyplot() -> None:
+    """A Gradio demo or notebook that imports the report keeps its own matplotlib backend."""
+    code = (
+        "import sys, matplotlib; before = matplotlib.rcParams._get('backend'); import skintriage.evaluation.report; "
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+        "assert matplotlib.rcParams._get('backend') is before, 'backend chosen'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_write_model_card(tmp_path: Path) -> None:
-    (tmp_path / "model.json").write_text(json.dumps(bundle_metadata()), encoding="utf-8")
+def test_plots_leave_no_figure_in_pyplots_registry(result: evaluate.EvaluationResult, tmp_path: Path) -> None:
+    from matplotlib import _pylab_helpers
 
-    path = write_model_card(tmp_path)
-
-    assert path == tmp_path / "MODEL_CARD.md"
-    text = path.read_text(encoding="utf-8")
-    assert "Merkel cell carcinoma was NOT in the training data" in text
-    assert "Cutaneous metastasis was NOT in the training data" in text
-    assert "untested" in text
-    assert "melanoma, basal cell carcinoma" in text  # what the referral was measured on
-    assert "not a diagnostic device" in text.lower()
-    assert "CC BY-NC 4.0 (non-commercial research, attribution)" in text
-    assert "CC BY-NC-ND 3.0 NZ" in text
-    assert "0.587 [0.551, 0.620]" in text  # validation balanced accuracy with its interval
-    assert "| 0.543 |" in text  # the test set's own value, without an interval
-    assert "0.933 [0.907, 0.955]" in text  # referral sensitivity with its interval
-    assert "1.432" in text and "0.209" in text  # temperature and threshold
-    assert "skintriage train config.yaml" in text
-
-
-def test_write_model_card_tolerates_a_bare_bundle(tmp_path: Path) -> None:
-    bare = {"format_version": 1, "name": "bare", "classes": ["mel", "nv"], "weights_sha256": "0" * 64}
-    (tmp_path / "model.json").write_text(json.dumps(bare), encoding="utf-8")
-
-    text = write_model_card(tmp_path).read_text(encoding="utf-8")
-
-    assert "Merkel cell carcinoma was NOT in the training data" in text
-    assert "No evaluation recorded" in text
+    before = _pylab_helpers.Gcf.get_num_fig_managers()
+    write_report(result, tmp_path)
+    assert _pylab_helpers.Gcf.get_num_fig_managers() == before  # nothing to close, nothing kept alive

@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 from skintriage.common.atomic import atomic_write_text
+from skintriage.common.markdown import markdown_table
 from skintriage.data.sources import get_source
 from skintriage.data.splits import audit_leakage, concat_hashes, hash_images, near_duplicate_pairs
-from skintriage.evaluation.report import markdown_table
 from skintriage.training.config import load_config
 from skintriage.training.data import combine, training_manifest
 

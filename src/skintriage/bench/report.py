@@ -221,13 +221,11 @@ def markdown(results: dict) -> str:
 
 def plot_scaling(section: dict, path: Path) -> Path:
     """Two panels: batch-1 latency vs input size, and images/s vs input size per batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend is chosen, no global figure registry to close
 
     sizes = [row["input_size"] for row in section["rows"]]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
     p50 = [row["latency_batch_1"]["p50_ms"] for row in section["rows"]]
     p95 = [row["latency_batch_1"]["p95_ms"] for row in section["rows"]]
     left.plot(sizes, p50, marker="o", label="p50")
@@ -245,7 +243,6 @@ def plot_scaling(section: dict, path: Path) -> Path:
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
     return path
 
 

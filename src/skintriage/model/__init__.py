@@ -1,3 +1,4 @@
-"""Step 2, the model: the architecture registry (``registry.create_model``) and the bundle on disk
-(``bundle``: weights, calibration, thresholds and metadata, integrity-checked when loaded).
+"""Step 2, the model: the architecture registry (``registry.create_model``), the bundle on disk
+(``bundle``: weights, calibration, thresholds and metadata, integrity-checked when loaded) and its model
+card (``card``: ``MODEL_CARD.md`` written from the bundle's metadata).
 """

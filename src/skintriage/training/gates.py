@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from skintriage.data.records import ACQUISITIONS, Manifest
-from skintriage.evaluation.report import write_model_card
 from skintriage.inference.batch import Outputs, bundle_dataset, loader_for, predict_outputs
 from skintriage.model.bundle import Bundle, load_bundle, save_bundle
+from skintriage.model.card import write_model_card
 from skintriage.training.config import TrainConfig
 from skintriage.training.data import training_manifest
 from skintriage.triage.acquisition import acquisition_accuracy, fit_acquisition_classifier, training_problem

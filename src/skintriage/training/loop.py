@@ -66,9 +66,9 @@ from skintriage.data.samplers import DistributedWeightedSampler
 from skintriage.data.sources import get_source
 from skintriage.data.taxonomy import DIAGNOSES
 from skintriage.evaluation.evaluate import evaluate_bundle, evaluation_result, multiclass_block, write_evaluation
-from skintriage.evaluation.report import write_model_card
 from skintriage.inference.batch import predict_logits, resolve_device
 from skintriage.model.bundle import load_bundle, load_training_state, round_to_bundle, save_bundle, save_training_state
+from skintriage.model.card import write_model_card
 from skintriage.model.registry import create_model, get_spec, normalization_for
 from skintriage.training.config import ConfigError, TrainConfig, load_config, parse_overrides
 from skintriage.training.data import TrainingData, training_manifest
