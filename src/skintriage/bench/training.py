@@ -32,7 +32,8 @@ from skintriage.inference.batch import resolve_device
 from skintriage.model.registry import create_model, normalization_for
 from skintriage.training import loop as train
 from skintriage.training.config import TrainConfig
-from skintriage.training.loop import Run, class_names_for, make_optimizer, train_one_epoch
+from skintriage.training.loop import Run, class_names_for, train_one_epoch
+from skintriage.training.optim import make_optimizer
 
 TRAINING_TARGET_RATIO = 1.5
 
