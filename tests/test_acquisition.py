@@ -283,8 +283,7 @@ def two_types(tmp_path_factory):
                 "training": {"config": config.model_dump()}}  # fmt: skip
     directory = save_bundle(root / "bundle", model, metadata, half=True)
     bundle = load_bundle(directory)
-    split = {name: Manifest(manifest.frame[manifest.frame.split == name].reset_index(drop=True), manifest.root)
-             for name in ("train", "val")}  # fmt: skip
+    split = {name: manifest.where(split=name) for name in ("train", "val")}
     teach_the_head(bundle, split["train"])
     val = split["val"]
     outputs = predict_outputs(bundle.model, loader_for(bundle_dataset(bundle, val)), embeddings=True)

@@ -128,3 +128,42 @@ def test_concat_rebases_paths_and_rejects_duplicate_ids(tmp_path):
     assert combined.read_image("b/images/img0.jpg").size == (32, 24)
     with pytest.raises(ManifestError, match="duplicate image ids"):
         Manifest.concat([a, a], root=tmp_path)
+
+
+def hand_built(tmp_path, missing=()):
+    """Six rows, no images read: where() only looks at the split and diagnosis columns."""
+    frame = pd.DataFrame(
+        {
+            "image_id": ["t1", "t2", "t3", "v1", "v2", "x1"],
+            "diagnosis": ["mel", "nv", "bkl", "mel", "bkl", "nv"],
+            "split": ["train", "train", "train", "val", "val", "test"],
+        },
+        index=[10, 11, 12, 13, 14, 15],  # not 0..n-1: the subset must be renumbered
+    )
+    return Manifest(frame, tmp_path, list(missing))
+
+
+def test_where_selects_a_split_and_renumbers_the_rows(tmp_path):
+    val = hand_built(tmp_path).where(split="val")
+    assert isinstance(val, Manifest) and val.root == tmp_path
+    assert val.frame["image_id"].tolist() == ["v1", "v2"]
+    assert val.frame.index.tolist() == [0, 1]
+
+
+def test_where_selects_diagnoses_and_both_filters_combine(tmp_path):
+    manifest = hand_built(tmp_path)
+    assert manifest.where(diagnoses=["mel", "nv"]).frame["image_id"].tolist() == ["t1", "t2", "v1", "x1"]
+    assert manifest.where(split="train", diagnoses={"mel", "bkl"}).frame["image_id"].tolist() == ["t1", "t3"]
+    assert len(manifest.where(split="val", diagnoses=["nv"])) == 0
+    assert manifest.where().frame["image_id"].tolist() == manifest.frame["image_id"].tolist()
+
+
+def test_where_keeps_the_missing_images_of_the_rows_it_keeps(tmp_path):
+    val = hand_built(tmp_path, missing=["t2", "v2"]).where(split="val")
+    assert val.missing_images == ["v2"]
+    assert val.with_images().frame["image_id"].tolist() == ["v1"]
+
+
+def test_where_refuses_an_unknown_split_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown split 'validation'"):
+        hand_built(tmp_path).where(split="validation")

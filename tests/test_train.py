@@ -16,9 +16,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from skintriage.model.bundle import load_bundle, load_training_state
+from skintriage.model.bundle import load_bundle
 from skintriage.training.config import ConfigError, load_config
-from skintriage.training.loop import LOG_FILE, STATE_FILE, train
+from skintriage.training.loop import LOG_FILE, SPLITS_FILE, STATE_FILE, train
+from skintriage.training.state import TrainingState
 
 # Each class has its own colour cast, so that a tiny model can learn something in a few epochs.
 CLASS_COLOURS = {"mel": (90, 50, 40), "bcc": (200, 120, 140), "nv": (150, 110, 70)}
@@ -103,7 +104,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    interrupted_after = load_training_state(killed / STATE_FILE)["epoch"]
+    interrupted_after = TrainingState.load(killed / STATE_FILE).epoch
     assert 1 <= interrupted_after < 4, "the kill should land inside the run"
 
     train(config, out=killed, progress=False)
@@ -113,7 +114,11 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -
 
 
 def test_a_run_folder_refuses_a_different_config(tmp_path: Path) -> None:
+    """The refusal needs only the saved state, not a training run: ``train`` checks it before reading any data."""
     config = load_config(write_config(tmp_path, epochs=1))
-    train(config, out=tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainingState(config=config.model_dump(), epoch=1).save(run / STATE_FILE)
     with pytest.raises(ConfigError, match="different config"):
-        train(config.model_copy(update={"lr": 0.01}), out=tmp_path / "run", progress=False)
+        train(config.model_copy(update={"lr": 0.01}), out=run, progress=False)
+    assert not (run / SPLITS_FILE).exists()  # refused before the data was loaded and split

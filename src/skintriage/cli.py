@@ -283,10 +283,9 @@ def evaluate_command(
             manifest = get_source(source).load(root, progress=True).with_images()
         else:
             manifest, _, _ = _load_and_split(source, root, None, "project", seed, True)
-            frame = manifest.frame[manifest.frame["split"] == split]
-            if frame.empty:
+            manifest = manifest.where(split=split)
+            if not len(manifest):
                 raise ValueError(f"source {source!r} has no images in split {split!r}")
-            manifest = type(manifest)(frame.reset_index(drop=True), manifest.root)
         result = evaluate_bundle(bundle, manifest.with_images(), name=source if split is None else f"{source}_{split}")
         before = _file_states(out)
         write_evaluation(result, out)

@@ -1,7 +1,7 @@
 """Training throughput: the real ``train_one_epoch`` vs a plain reference loop vs the model alone.
 
 *Ours* is :func:`skintriage.training.loop.train_one_epoch` on a :class:`~skintriage.training.loop.Run` assembled from
-train.py's public pieces exactly as :func:`~skintriage.training.loop.train` assembles it (config, preset,
+the training loop's public pieces exactly as :func:`~skintriage.training.loop.train` assembles it (config, preset,
 dataset with its decode cache, channels-last model, EMA, optimiser, sampler), over a manifest of
 ``steps x batch_size`` images, so one call is ``steps`` optimiser steps. The decode cache is filled
 before timing, as it is from the second epoch of a real run on.
@@ -32,7 +32,8 @@ from skintriage.inference.batch import resolve_device
 from skintriage.model.registry import create_model, normalization_for
 from skintriage.training import loop as train
 from skintriage.training.config import TrainConfig
-from skintriage.training.loop import Run, class_names_for, make_optimizer, train_one_epoch
+from skintriage.training.loop import Run, class_names_for, train_one_epoch
+from skintriage.training.optim import make_optimizer
 
 TRAINING_TARGET_RATIO = 1.5
 

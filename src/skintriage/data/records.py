@@ -108,6 +108,24 @@ class Manifest:
         kept = self.frame[~self.frame["image_id"].isin(missing)].reset_index(drop=True)
         return Manifest(kept, self.root)
 
+    def where(self, *, split: str | None = None, diagnoses: Iterable[str] | None = None) -> Manifest:
+        """The rows of one split and/or of the given diagnoses (``None``: any), renumbered from 0.
+
+        The one spelling of "the validation images of the model's classes", used by training, gate fitting
+        and evaluation alike. ``missing_images`` keeps the entries of the rows kept, so :meth:`with_images`
+        still drops them afterwards.
+        """
+        keep = pd.Series(True, index=self.frame.index)
+        if split is not None:
+            if split not in SPLITS:
+                raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+            keep &= self.frame["split"] == split
+        if diagnoses is not None:
+            keep &= self.frame["diagnosis"].isin(list(diagnoses))
+        frame = self.frame[keep].reset_index(drop=True)
+        kept = set(frame["image_id"])
+        return Manifest(frame, self.root, [image_id for image_id in self.missing_images if image_id in kept])
+
     def with_splits(self, splits: pd.Series | Iterable[str | None]) -> Manifest:
         frame = self.frame.copy()
         frame["split"] = pd.Series(list(splits), index=frame.index, dtype=object)

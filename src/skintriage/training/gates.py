@@ -1,6 +1,6 @@
 """The referral engine's gates of a calibrated bundle, fitted on its training and validation images.
 
-What training does after calibration (:func:`skintriage.training.loop.finish`) and what ``skintriage fit-gates`` does
+What training does after calibration (:func:`skintriage.training.finish.finish`) and what ``skintriage fit-gates`` does
 for an existing bundle (:func:`refit_referral_gates`): the pooled urgent threshold, the per-acquisition
 calibration, the uncertainty gate and the dermoscopic-or-clinical classifier (see :func:`fit_referral_gates`).
 Its own module, apart from the training loop, so that refitting gates does not import the loop.
@@ -81,15 +81,14 @@ def fit_referral_gates(
 
     Embeddings come from the bundle's own (rounded) weights with evaluation preprocessing.
     """
-    frame = manifest.frame
 
     def outputs(split: str) -> tuple[Outputs, np.ndarray]:
-        rows = frame[(frame.split == split) & frame.diagnosis.isin(bundle.classes)].reset_index(drop=True)
-        loader = loader_for(bundle_dataset(bundle, Manifest(rows, manifest.root)))
+        subset = manifest.where(split=split, diagnoses=bundle.classes)
+        loader = loader_for(bundle_dataset(bundle, subset))
         predicted = predict_outputs(
             bundle.model, loader, embeddings=True, progress=progress, description=f"{split} embeddings"
         )
-        return predicted, acquisition_of(rows, predicted)
+        return predicted, acquisition_of(subset.frame, predicted)
 
     (train, train_kinds), (val, val_kinds) = outputs("train"), outputs("val")
     urgent = urgent_threshold(

@@ -6,20 +6,22 @@ Read top to bottom, a run is:
    grouped split (patient, lesion, identical and near-identical images never straddle splits); the
    sources are combined (:mod:`skintriage.training.data`) and the split written to ``splits.csv``.
 2. **Model and optimiser.** ``create_model`` with a head for the classes present in training;
-   AdamW (or SGD) without weight decay on norms and biases; per-step learning rate with a linear
-   warm-up and a cosine decay; an exponential moving average (EMA) of the weights.
+   AdamW (or SGD) without weight decay on norms and biases, per-step learning rate with a linear
+   warm-up and a cosine decay (:mod:`skintriage.training.optim`); an exponential moving average (EMA) of the
+   weights.
 3. **Epochs.** Class imbalance is corrected by a weighted loss *or* a class-balanced sampler (never
    both); optional mixup/cutmix; label smoothing. After each epoch the EMA weights are scored on the
    validation split (balanced accuracy chooses the best epoch and drives early stopping), a row is
-   added to ``log.csv`` and the complete training state is saved to ``last.pt``.
-4. **Finish.** The best weights are rounded as the bundle stores them, calibrated on validation
-   (temperature, referral threshold; pooled, then per acquisition type), given their referral gates
-   (:mod:`skintriage.training.gates`: urgent threshold, uncertainty gate, the dermoscopic-or-clinical classifier) and
-   written as a bundle (``bundle/``); then every test set is evaluated and reported (``eval/<name>/``). Test
-   sets choose nothing.
+   added to ``log.csv`` and the complete training state (:class:`~skintriage.training.state.TrainingState`) is
+   saved to ``last.pt``.
+4. **Finish** (:mod:`skintriage.training.finish`). The best weights are rounded as the bundle stores them,
+   calibrated on validation (temperature, referral threshold; pooled, then per acquisition type), given their
+   referral gates (:mod:`skintriage.training.gates`: urgent threshold, uncertainty gate, the dermoscopic-or-clinical
+   classifier) and written as a bundle (``bundle/``); then every test set is evaluated and reported
+   (``eval/<name>/``). Test sets choose nothing.
 
 **Resuming.** Rerunning the same command on the same ``--out`` folder continues after the last
-completed epoch. Every epoch reseeds the augmentation and the sampler from ``(seed, epoch)``, so a
+completed epoch (:mod:`skintriage.training.state`). Every epoch reseeds the augmentation and the sampler from ``(seed, epoch)``, so a
 resumed run follows the same path as an uninterrupted one; work inside the interrupted epoch is lost.
 A different config in the same folder is refused rather than silently mixed.
 
@@ -38,19 +40,17 @@ normalisation statistics are per rank (no SyncBatchNorm), as in torchvision's re
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, WeightedRandomSampler
@@ -61,15 +61,11 @@ from skintriage import metrics
 from skintriage.common.atomic import atomic_path, atomic_write_text
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetEval, ClassificationPresetTrain
-from skintriage.data.records import Manifest
 from skintriage.data.samplers import DistributedWeightedSampler
-from skintriage.data.sources import get_source
 from skintriage.data.taxonomy import DIAGNOSES
-from skintriage.evaluation.evaluate import evaluate_bundle, evaluation_result, multiclass_block, write_evaluation
+from skintriage.evaluation.evaluate import multiclass_block
 from skintriage.inference.batch import predict_logits, resolve_device
-from skintriage.model.bundle import load_bundle, load_training_state, round_to_bundle, save_bundle, save_training_state
-from skintriage.model.card import write_model_card
-from skintriage.model.registry import create_model, get_spec, normalization_for
+from skintriage.model.registry import create_model, normalization_for
 from skintriage.training.config import ConfigError, TrainConfig, load_config, parse_overrides
 from skintriage.training.data import TrainingData, training_manifest
 from skintriage.training.distributed import (
@@ -83,14 +79,10 @@ from skintriage.training.distributed import (
     unwrap,
     wrap,
 )
-from skintriage.training.gates import fit_referral_gates
-from skintriage.triage.calibration import calibrate, class_balanced_probabilities, probabilities_at_temperature
-
-STATE_FILE = "last.pt"
-BEST_FILE = "best.safetensors"
-LOG_FILE = "log.csv"
-SPLITS_FILE = "splits.csv"
-
+from skintriage.training.finish import finish
+from skintriage.training.imbalance import sample_weights
+from skintriage.training.optim import learning_rate, make_optimizer, set_learning_rate
+from skintriage.training.state import BEST_FILE, LOG_FILE, SPLITS_FILE, STATE_FILE, TrainingState, resume_state
 
 # --- 1. data ----------------------------------------------------------------------------------------
 
@@ -109,53 +101,14 @@ def data_summary(data: TrainingData) -> dict:
         "sources": data.policies,
         "cross_source_duplicates_moved": [move.to_dict() for move in data.cross_source_moves],
         "images": {f"{source}/{split}": int(n) for (source, split), n in counts.items()},
-        "diagnoses_train": {k: int(v) for k, v in frame[frame.split == "train"].diagnosis.value_counts().items()},
+        "diagnoses_train": {
+            k: int(v) for k, v in data.manifest.where(split="train").frame.diagnosis.value_counts().items()
+        },
         "acquisition": {k: int(v) for k, v in frame.acquisition.value_counts().items()},
     }
 
 
-# --- 2. optimisation --------------------------------------------------------------------------------
-
-
-def parameter_groups(
-    model: nn.Module, weight_decay: float, *, head: str | None = None, backbone_lr_ratio: float = 1.0
-) -> list[dict]:
-    """Weight decay on convolution and linear weights only (decaying norms and biases only hurts); the
-    parameters under ``head`` (a dotted module path) train at the full rate, the backbone at
-    ``backbone_lr_ratio`` of it (``lr_scale``): a pretrained backbone needs smaller steps than a new head."""
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            in_head = head is not None and name.startswith(head + ".")
-            key = (parameter.ndim > 1, 1.0 if in_head else backbone_lr_ratio)
-            groups.setdefault(key, []).append(parameter)
-    return [
-        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
-        for (decayed, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
-    ]
-
-
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = parameter_groups(
-        model,
-        config.weight_decay,
-        head=get_spec(config.model).head,
-        backbone_lr_ratio=config.backbone_lr_ratio,
-    )
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up from ~0, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
-    total = config.epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    floor = config.min_lr_ratio * config.lr
-    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+# --- 2. seeds and batch --------------------------------------------------------------------------------
 
 
 def seed_everything(seed: int) -> None:
@@ -277,37 +230,6 @@ def train_sampler(run: Run, epoch: int, generator: torch.Generator) -> Sampler[i
     return sampler
 
 
-def sample_weights(config: TrainConfig, train_set: ManifestDataset) -> torch.Tensor:
-    """Per-image draw weights of the class-balanced sampler: ``n_class ** -imbalance_power`` times
-    ``n_acquisition ** -acquisition_power`` (the second keeps clinical photos from being drowned)."""
-    weights = train_set.sample_weights(config.imbalance_power)
-    if config.acquisition_power > 0:
-        acquisition = train_set.manifest.frame["acquisition"].fillna("unknown").astype(str)
-        counts = acquisition.map(acquisition.value_counts()).to_numpy(dtype=np.float64)
-        weights = weights * torch.from_numpy(counts**-config.acquisition_power)
-    return weights
-
-
-def effective_class_prior(config: TrainConfig, train_set: ManifestDataset) -> np.ndarray:
-    """The class shares the model saw in training, given how images were drawn or weighted.
-
-    With the sampler it is each class's share of the draw weights; with loss weights
-    ``n_c * w_c``; without correction the plain class counts. This is the prior a class-balanced class
-    call divides by (see :mod:`skintriage.triage.calibration`).
-    """
-    labels = train_set.labels
-    classes = train_set.num_classes
-    if config.imbalance == "sampler":
-        mass = np.bincount(labels, weights=sample_weights(config, train_set).numpy(), minlength=classes)
-    elif config.imbalance == "loss":
-        mass = train_set.class_counts() * train_set.class_weights(config.imbalance_power).numpy()
-    else:
-        mass = train_set.class_counts().astype(np.float64)
-    if (mass <= 0).any():
-        raise ValueError(f"every class needs training images to have a prior; masses were {mass.tolist()}")
-    return mass / mass.sum()
-
-
 def train_loader(run: Run, epoch: int) -> DataLoader:
     config = run.config
     seed = rank_seed(epoch_seed(config, epoch), run.world.rank)
@@ -333,8 +255,7 @@ def train_one_epoch(run: Run, epoch: int, step: int) -> tuple[dict, int]:
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not run.progress)
     for images, labels, _ in bar:
         lr = learning_rate(config, step, len(loader))
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_learning_rate(run.optimizer, lr)
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         targets = labels
@@ -381,111 +302,10 @@ def write_log(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, pd.DataFrame(history).to_csv(index=False))
 
 
-# --- 4. finish --------------------------------------------------------------------------------------
-
-
-def choose_class_call(
-    config: TrainConfig, manifest: Manifest, class_names: list[str], val_result, temperature: float
-) -> dict:
-    """Plain or class-balanced arg-max (see ``calibration``), whichever has the higher validation balanced accuracy."""
-    frame = manifest.frame
-    train_rows = frame[(frame.split == "train") & frame.diagnosis.isin(class_names)].reset_index(drop=True)
-    train_set = ManifestDataset(Manifest(train_rows, manifest.root), transform=None, class_names=class_names)
-    prior = effective_class_prior(config, train_set)  # no image is read: labels and acquisition only
-    probabilities = probabilities_at_temperature(val_result.logits, temperature)
-    labels = val_result.labels
-    present = sorted(set(labels.tolist()))
-    scores = {
-        "argmax": metrics.balanced_accuracy(labels, probabilities, classes=present),
-        "class_balanced": metrics.balanced_accuracy(
-            labels, class_balanced_probabilities(probabilities, prior), classes=present
-        ),
-    }
-    return {
-        "rule": max(scores, key=scores.get),
-        "training_prior": prior.tolist(),
-        "validation_balanced_accuracy": scores,
-    }
-
-
-def finish(
-    config: TrainConfig,
-    out: Path,
-    manifest: Manifest,
-    class_names: list[str],
-    summary: dict,
-    *,
-    data_root: Path | None,
-    progress: bool,
-) -> Path:
-    """Round, calibrate and bundle the best weights; evaluate every test set. Returns the bundle folder."""
-    model = create_model(config.model, num_classes=len(class_names), input_size=config.input_size, stem=config.stem)
-    model.load_state_dict(load_file(str(out / BEST_FILE)))
-    model.skintriage_config = replace(model.skintriage_config, pretrained=config.pretrained)  # what training began from
-    round_to_bundle(model, half=True)
-    preprocessing = {
-        "input_size": config.input_size,
-        "crop_fraction": 1.0,
-        "resize": "short side to input_size (bicubic for cached training images, area for evaluation), centre crop",
-        "normalization": normalization_for(config.model).to_dict(),
-        "mask_watermark_sources": [s.name for s in config.sources + config.test_sources if s.mask_watermark],
-    }
-    history = list(csv.DictReader((out / LOG_FILE).open(encoding="utf-8")))
-    best = max(history, key=lambda row: float(row["val_balanced_accuracy"]))
-    metadata = {
-        "name": config.name,
-        "classes": class_names,
-        "preprocessing": preprocessing,
-        "training": {"config": config.model_dump(), "data": summary, "best_epoch": int(best["epoch"])},
-        "calibration": {"temperature": 1.0},
-    }
-    bundle_dir = out / "bundle"
-    save_bundle(bundle_dir, model, metadata, half=True)
-    bundle = load_bundle(bundle_dir)
-
-    frame = manifest.frame
-    val = Manifest(
-        frame[(frame.split == "val") & frame.diagnosis.isin(class_names)].reset_index(drop=True), manifest.root
-    )
-    # embeddings too: the acquisition classifier fitted below is scored on the same validation pass
-    val_result = evaluate_bundle(bundle, val, name="validation", progress=progress, calibrated=False, embeddings=True)
-    calibration = calibrate(
-        val_result.logits, val_result.labels, class_names, target_sensitivity=config.target_sensitivity
-    )
-    metadata["calibration"] = calibration.to_dict()
-    metadata["decision"] = choose_class_call(config, manifest, class_names, val_result, calibration.temperature)
-    save_bundle(bundle_dir, model, metadata, half=True)
-    gates = fit_referral_gates(load_bundle(bundle_dir), manifest, config, progress=progress)
-    metadata = gates.apply(metadata)
-    gates.save(bundle_dir, model, metadata, half=True)
-    bundle = load_bundle(bundle_dir)
-
-    results = {
-        "validation": evaluation_result(  # the calibrated view of the same validation logits
-            bundle,
-            val_result.frame,
-            val_result.logits,
-            val_result.labels,
-            name="validation",
-            embeddings=val_result.embeddings,
-        )
-    }
-    test = manifest.frame[manifest.frame.split == "test"]
-    if len(test):  # the held-out split of the training sources, e.g. "dermnet_test"
-        name = "_".join(sorted(test["source"].unique())) + "_test"
-        results[name] = evaluate_bundle(
-            bundle, Manifest(test.reset_index(drop=True), manifest.root), name=name, progress=progress
-        )
-    for source_config in config.test_sources:
-        source = get_source(source_config.name)
-        test_manifest = source.load(config.source_root(source_config, data_root), progress=progress).with_images()
-        results[source.name] = evaluate_bundle(bundle, test_manifest, name=source.name, progress=progress)
-    for name, result in results.items():
-        write_evaluation(result, out / "eval" / name)
-    metadata["metrics"] = {name: result.headline() for name, result in results.items()}
-    gates.save(bundle_dir, model, metadata, half=True)
-    write_model_card(bundle_dir)
-    return bundle_dir
+def save_weights(path: Path, model: nn.Module) -> None:
+    """The evaluation weights as safetensors, atomically: what the finish step bundles (``best.safetensors``)."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -507,13 +327,7 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
     local_batch_size(config, world)  # refuse a global batch that does not divide over the ranks, now
     progress = progress and world.main
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_FILE
-    state = load_training_state(state_path) if state_path.exists() else None
-    if state is not None and state["config"] != config.model_dump():
-        raise ConfigError(
-            f"{out} holds a run with a different config ({out / 'config.json'}); use another --out folder "
-            "or delete it to start afresh"
-        )
+    resumed = resume_state(out, config)  # refuses a folder of another config, before any data is read
     if world.main:
         atomic_write_text(out / "config.json", json.dumps(config.model_dump(), indent=2) + "\n")
     seed_everything(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -523,17 +337,11 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
     columns = ["image_id", "source", "diagnosis", "triage_group", "acquisition", "split"]
     if world.main:
         atomic_write_text(out / SPLITS_FILE, manifest.frame[columns].to_csv(index=False))
-    frame = manifest.frame
-    class_names = class_names_for(config, frame[frame.split == "train"])
+    class_names = class_names_for(config, manifest.where(split="train").frame)
     summary = data_summary(data)
     masked = [s.name for s in config.sources if s.mask_watermark]
-
-    def subset(split: str) -> Manifest:
-        rows = frame[(frame.split == split) & frame.diagnosis.isin(class_names)]
-        return Manifest(rows.reset_index(drop=True), manifest.root)
-
     train_set = ManifestDataset(
-        subset("train"),
+        manifest.where(split="train", diagnoses=class_names),
         transform=ClassificationPresetTrain(
             input_size=config.input_size, normalization=normalization_for(config.model), seed=config.seed
         ),
@@ -542,7 +350,7 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
         cache_side=config.cache_side,
     )
     val_set = ManifestDataset(
-        subset("val"),
+        manifest.where(split="val", diagnoses=class_names),
         transform=ClassificationPresetEval(input_size=config.input_size, normalization=normalization_for(config.model)),
         class_names=class_names,
         mask_watermark_sources=masked,
@@ -558,16 +366,12 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
     )
     model, ema = unwrap(run.model), run.ema
 
-    start_epoch, step, history, best_score, stale = 0, 0, [], -1.0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        best_score, stale = state["best_score"], state["stale_epochs"]
+    state = resumed or TrainingState(config=config.model_dump())
+    if resumed is not None:
+        state.restore(model=model, ema=ema, optimizer=run.optimizer)
         say(
-            f"resuming {out} after epoch {start_epoch} of {config.epochs} (best val balanced accuracy {best_score:.4f})"
+            f"resuming {out} after epoch {state.epoch} of {config.epochs} "
+            f"(best val balanced accuracy {state.best_score:.4f})"
         )
 
     say(
@@ -575,43 +379,31 @@ def train(config: TrainConfig, *, out: Path, data_root: Path | None = None, prog
         f"{len(val_set)}; {device}, {torch.get_num_threads()} threads"
         + (f", {world.size} processes of {local_batch_size(config, world)} images a step" if world.distributed else "")
     )
-    for epoch in range(start_epoch, config.epochs):
-        if config.early_stopping_patience is not None and stale >= config.early_stopping_patience:
+    for epoch in range(state.epoch, config.epochs):
+        if config.early_stopping_patience is not None and state.stale_epochs >= config.early_stopping_patience:
             break
         started = time.perf_counter()
-        row, step = train_one_epoch(run, epoch, step)
+        row, state.step = train_one_epoch(run, epoch, state.step)
         if world.main:  # rank 0 alone validates, logs and checkpoints; the other ranks wait for its verdict
             row = {"epoch": epoch + 1, **row, **validation_metrics(run), "seconds": time.perf_counter() - started}
-            history.append(row)
-            write_log(out / LOG_FILE, history)
-            if row["val_balanced_accuracy"] > best_score:
-                best_score, stale = row["val_balanced_accuracy"], 0
-                with atomic_path(out / BEST_FILE) as tmp:
-                    weights = run.eval_model.state_dict()
-                    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
+            state.history.append(row)
+            write_log(out / LOG_FILE, state.history)
+            if row["val_balanced_accuracy"] > state.best_score:
+                state.best_score, state.stale_epochs = row["val_balanced_accuracy"], 0
+                save_weights(out / BEST_FILE, run.eval_model)
             else:
-                stale += 1
-            save_training_state(
-                state_path,
-                {
-                    "config": config.model_dump(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "history": history,
-                    "best_score": best_score,
-                    "stale_epochs": stale,
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else {},
-                    "optimizer": run.optimizer.state_dict(),
-                },
-            )
+                state.stale_epochs += 1
+            state.epoch = epoch + 1
+            state.capture(model=model, ema=ema, optimizer=run.optimizer)
+            state.save(out / STATE_FILE)
             print(
                 f"epoch {epoch + 1:3d}  loss {row['train_loss']:.3f}  val bal. acc {row['val_balanced_accuracy']:.4f}  "
                 f"macro AUC {row['val_macro_auc']:.4f}  referral AUC {row['val_referral_auc']:.4f}  "
-                f"{row['seconds']:.0f}s" + ("  *" if stale == 0 else ""),
+                f"{row['seconds']:.0f}s" + ("  *" if state.stale_epochs == 0 else ""),
                 flush=True,
             )
-        stale = broadcast_object(stale)  # so every rank stops early at the same epoch, or none does
+        # so every rank stops early at the same epoch, or none does
+        state.stale_epochs = broadcast_object(state.stale_epochs)
     barrier()
     if not world.main:
         return out / "bundle"
