@@ -1,4 +1,5 @@
-"""Leaf helpers every stage may use: atomic file writes (``atomic``) and timing primitives (``timing``).
+"""Leaf helpers every stage may use: atomic file writes (``atomic``), timing primitives (``timing``), where the
+project's files are (``paths``) and optional dependencies (``extras``).
 
 They import nothing else from skintriage, so any layer can depend on them without pulling the pipeline in.
 """
