@@ -24,10 +24,10 @@ from pathlib import Path
 import gradio as gr
 
 from skintriage import DISCLAIMER
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from skintriage.data.taxonomy import DIAGNOSES
 from skintriage.inference.predictor import Predictor
-from skintriage.model.bundle import DEFAULT_BUNDLE
 from skintriage.triage.acquisition import AUTO, check_request
 from skintriage.triage.guidance import load_guidance, render_collapsible_html, render_markdown
 from skintriage.triage.referral import SITES, ClinicalContext, illustrative_decision

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.sources import get_source
 from skintriage.data.taxonomy import DIAGNOSES
-from skintriage.model.bundle import DEFAULT_BUNDLE, load_bundle
+from skintriage.model.bundle import load_bundle
 from skintriage.training.config import TrainConfig
 from skintriage.training.loop import training_manifest
 from skintriage.ui.examples import DEFAULT_LIST, DemoExample, write_examples

@@ -1,4 +1,5 @@
-"""The bundled model (models/default): it loads, predicts, and reproduces the committed benchmark metrics."""
+"""The bundled model (src/skintriage/model/default, package data): it loads, predicts, and reproduces the committed
+benchmark metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from conftest import shared_data, write_image
 from typer.testing import CliRunner
 
 from skintriage.cli import app
-from skintriage.model.bundle import DEFAULT_BUNDLE, load_bundle
+from skintriage.common.paths import DEFAULT_BUNDLE
+from skintriage.model.bundle import load_bundle
 
 COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "pretrained_lite0" / "eval"
 runner = CliRunner()

@@ -51,11 +51,9 @@ def test_help_guidance_rules_and_data_list_run_without_the_model_stack() -> None
     assert loaded == {"import": [], "--help": [], "predict --help": [], "guidance": [], "rules": [], "data list": []}
 
 
-def test_the_constants_copied_into_the_cli_equal_the_librarys() -> None:
+def test_the_constant_copied_into_the_cli_equals_the_librarys() -> None:
     from skintriage.data.splits import SPLIT_STRATEGIES
-    from skintriage.model.bundle import DEFAULT_BUNDLE
 
-    assert cli.DEFAULT_BUNDLE == DEFAULT_BUNDLE
     assert cli.SPLIT_STRATEGIES == SPLIT_STRATEGIES
 
 

@@ -17,11 +17,12 @@ from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
 
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.images import decode_image
 from skintriage.data.presets import ClassificationPresetEval, denormalize
 from skintriage.inference.explain import crop_box, grad_cam, heatmap_on_image, overlay, saliency
 from skintriage.metrics import malignant_columns
-from skintriage.model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
+from skintriage.model.bundle import Bundle, load_bundle
 from skintriage.model.registry import ModelConfig, create_model, list_models
 
 HAM = "ham10000_isic2018_224"

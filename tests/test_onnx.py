@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from typer.testing import CliRunner
 
 from skintriage.cli import app
+from skintriage.common.extras import MissingExtraError
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.sources import get_source
 from skintriage.inference.backend import choose_backend
 from skintriage.inference.batch import bundle_dataset, loader_for
@@ -30,7 +33,7 @@ from skintriage.inference.onnx_runner import (
     parity,
 )
 from skintriage.inference.predictor import Predictor
-from skintriage.model.bundle import DEFAULT_BUNDLE, METADATA_FILE, Bundle, load_bundle, save_bundle
+from skintriage.model.bundle import METADATA_FILE, Bundle, load_bundle, save_bundle
 
 ISIC_ROOT = "ham10000_isic2018_224"
 runner = CliRunner()
@@ -227,6 +230,50 @@ def test_export_command_writes_the_file_and_reports_parity(tmp_path: Path) -> No
 def test_export_command_refuses_other_formats(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", "--checkpoint", str(DEFAULT_BUNDLE), "--format", "tflite"])
     assert result.exit_code == 1 and "--format must be onnx" in result.output
+
+
+# --- without the [onnx] extra ---------------------------------------------------------------------------
+
+ONNX_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # pyproject's [project.optional-dependencies] onnx
+
+
+def uninstall(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    """Make ``import module`` fail for this test, as if the package were not installed."""
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)
+
+
+def test_the_default_path_predicts_without_the_onnx_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    directory = copy_bundle(tmp_path / "plain")  # as the bundled model ships: no model.onnx
+    uninstall(monkeypatch, *ONNX_PACKAGES)
+    predictor = Predictor.load(directory)
+    assert predictor.backend == "torch" and predictor.predict(lesion(0)).referral.level
+
+
+def test_backend_onnx_without_onnxruntime_names_the_extra(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uninstall(monkeypatch, "onnxruntime")
+    with pytest.raises(MissingExtraError, match="the ONNX backend needs onnxruntime") as raised:
+        Predictor.load(exported, backend="onnx")
+    assert "pip install 'skintriage[onnx]'" in str(raised.value)
+
+
+def test_backend_auto_without_onnxruntime_warns_and_uses_torch(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uninstall(monkeypatch, "onnxruntime")
+    with pytest.warns(UserWarning, match=r"using the PyTorch model: .*skintriage\[onnx\]"):
+        predictor = Predictor.load(exported, backend="auto")
+    assert predictor.backend == "torch" and "skintriage[onnx]" in predictor.backend_choice.reason
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_export_command_without_the_exporter_names_the_extra(
+    missing: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    directory = copy_bundle(tmp_path / "cli")
+    uninstall(monkeypatch, missing)
+    result = runner.invoke(app, ["export", "--checkpoint", str(directory)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and "error: skintriage export" in output and f"needs {missing}," in output
+    assert "pip install 'skintriage[onnx]'" in output and not (directory / ONNX_FILE).exists()
 
 
 # --- real data -----------------------------------------------------------------------------------------

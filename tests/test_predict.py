@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 from skintriage import DISCLAIMER
 from skintriage.cli import app
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.images import decode_image
 from skintriage.inference.predictor import FileError, Prediction, Predictor
-from skintriage.model.bundle import DEFAULT_BUNDLE, METADATA_FILE, load_bundle, save_bundle
+from skintriage.model.bundle import METADATA_FILE, load_bundle, save_bundle
 from skintriage.model.registry import create_model, get_head, normalization_for
 from skintriage.triage.acquisition import AcquisitionClassifier
 from skintriage.triage.guidance import load_guidance, topics_for_differential

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.taxonomy import malignancy_probability
-from skintriage.model.bundle import DEFAULT_BUNDLE, METADATA_FILE
+from skintriage.model.bundle import METADATA_FILE
 from skintriage.triage import referral
 from skintriage.triage.referral import (
     HEATH_2008,

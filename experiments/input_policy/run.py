@@ -43,11 +43,11 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from skintriage import metrics
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.records import Manifest
 from skintriage.data.taxonomy import is_malignant
 from skintriage.inference.predictor import Predictor
-from skintriage.model.bundle import DEFAULT_BUNDLE
 from skintriage.training.config import TrainConfig
 from skintriage.training.data import training_manifest
 from skintriage.triage.calibration import probabilities_at_temperature, probabilities_at_temperatures
@@ -453,7 +453,7 @@ def write_markdown(results: dict, path: Path) -> None:
         "# Input policy for non-square photos (issue 14)",
         "",
         "Does the bundle's centre crop hide lesions near the edge of wide clinical photos, and would letterboxing "
-        "or squashing do better? Measured on the bundled model's (`models/default`) **validation split only**; "
+        "or squashing do better? Measured on the bundled model's (`src/skintriage/model/default`) **validation split only**; "
         "no test set was used. One command (the library rebuilds the split from `model.json`'s training config):",
         "",
         "```",

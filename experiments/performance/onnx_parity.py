@@ -8,7 +8,7 @@ probabilities, logits and embeddings image by image. Also records the batch-1 la
 
 Writes onnx_parity.json next to this file. Usage:
 
-    python experiments/performance/onnx_parity.py [--checkpoint models/default] [--data-root ../shared/data]
+    python experiments/performance/onnx_parity.py [--checkpoint src/skintriage/model/default] [--data-root ../shared/data]
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import onnxruntime
 import torch
 
 from skintriage.common.atomic import atomic_write_text
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.sources import get_source
 from skintriage.inference.backend import choose_backend
 from skintriage.inference.batch import bundle_dataset, loader_for
 from skintriage.inference.export import DEFAULT_OPSET, export_onnx
 from skintriage.inference.onnx_runner import PARITY_TOLERANCE, OnnxRunner, parity
-from skintriage.model.bundle import DEFAULT_BUNDLE, load_bundle
+from skintriage.model.bundle import load_bundle
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The bundled model, end to end: fine-tune the ImageNet-pretrained EfficientNet-Lite0 of
 # configs/pretrained_lite0.yaml on HAM10000 and five clinical sources (about 40 minutes on 2 CPU cores;
-# rerun to resume after an interruption), then publish the run here and its bundle as models/default.
+# rerun to resume after an interruption), then publish the run here and its bundle as src/skintriage/model/default.
 # Usage (from the project root, with the virtual environment active): bash experiments/pretrained_lite0/run.sh
 set -euo pipefail
 out=$(dirname "$0")

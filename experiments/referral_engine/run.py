@@ -15,7 +15,7 @@ threshold misses get, and how many benign images each class call would add to a 
 
 Writes results.json, results.md, levels.png, scenarios.png and ood_distance.png next to this file. Usage:
 
-    python experiments/referral_engine/run.py [--checkpoint models/default] [--data-root ../shared/data]
+    python experiments/referral_engine/run.py [--checkpoint src/skintriage/model/default] [--data-root ../shared/data]
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from skintriage import metrics
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.images import decode_image
 from skintriage.data.sources import get_source
 from skintriage.data.taxonomy import DIAGNOSES, MALIGNANT_GROUPS
 from skintriage.inference.predictor import Prediction, Predictor
-from skintriage.model.bundle import DEFAULT_BUNDLE
 from skintriage.training.config import TrainConfig
 from skintriage.training.data import training_manifest
 from skintriage.triage.referral import ClinicalContext, Level

@@ -11,16 +11,15 @@ import typer
 from rich.console import Console
 
 from skintriage import DISCLAIMER
+from skintriage.common.paths import DEFAULT_BUNDLE
 
-# Only typer, rich and the package's light __init__ are imported here: the library modules (torch, timm,
-# pandas, albumentations, ...) are imported inside the commands that use them, so that `--help`,
-# `guidance` and `data list` start in well under a second (experiments/cli_startup). Nothing evaluated at
-# import time (the options' defaults and help texts below) may import them; tests/test_cli_startup.py
-# checks that importing this module loads neither torch nor gradio, and that the two constants copied
-# here still equal the library's.
+# Only typer, rich, the package's light __init__ and the pathlib-only common.paths are imported here: the
+# library modules (torch, timm, pandas, albumentations, ...) are imported inside the commands that use them,
+# so that `--help`, `guidance` and `data list` start in well under a second (experiments/cli_startup).
+# Nothing evaluated at import time (the options' defaults and help texts below) may import them;
+# tests/test_cli_startup.py checks that importing this module loads neither torch nor gradio, and that the
+# constant copied here still equals the library's.
 
-# = skintriage.model.bundle.DEFAULT_BUNDLE (this file sits next to checkpoint.py), without importing torch.
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
 # = skintriage.data.splits.SPLIT_STRATEGIES, without importing pandas for a help text.
 SPLIT_STRATEGIES = ("project", "official", "naive")
 
@@ -48,6 +47,7 @@ _USER_ERROR_CLASSES = (
     ("skintriage.data.sources.registry", "FetchError"),
     ("skintriage.training.config", "ConfigError"),
     ("skintriage.model.bundle", "BundleError"),
+    ("skintriage.common.extras", "MissingExtraError"),  # an optional extra (onnx) is not installed
 )
 
 

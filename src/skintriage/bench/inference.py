@@ -21,10 +21,12 @@ import torch
 
 from skintriage.bench import references
 from skintriage.bench.samples import ImageSet
+from skintriage.common.extras import ONNX_EXTRA, MissingExtraError, import_optional
 from skintriage.common.timing import interleaved, ratio
 from skintriage.data.images import decode_image
 from skintriage.inference.batch import bundle_normalization, forward
 from skintriage.inference.explain import saliency
+from skintriage.inference.export import export_onnx
 from skintriage.inference.predictor import FileError, Predictor
 from skintriage.model.bundle import load_bundle
 
@@ -199,28 +201,18 @@ def onnx_comparison(
 ) -> dict:
     """Latency (no saliency) and folder throughput of the ONNX backend vs the PyTorch one, side by side.
 
-    Exports a copy of the bundle (the bundle itself is left untouched). Returns ``{"skipped": why}``
-    when the exporter, onnxruntime or the predictor's ``backend=`` option is not available.
+    Exports a copy of the bundle (the bundle itself is left untouched). Returns ``{"skipped": why}`` when
+    onnxruntime or the exporter's onnx / onnxscript is not installed (the optional ``[onnx]`` extra).
     """
     try:
-        from skintriage.inference.export import export_onnx
-    except ImportError as error:
-        return {"skipped": f"no ONNX exporter in this version (skintriage.inference.export: {error})"}
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return {"skipped": "onnxruntime is not installed (pip install onnxruntime)"}
-    copied = scratch / "onnx_bundle"
-    shutil.rmtree(copied, ignore_errors=True)
-    shutil.copytree(bundle_path, copied)
-    try:
+        import_optional("onnxruntime", extra=ONNX_EXTRA, needed_for="the ONNX benchmark")
+        copied = scratch / "onnx_bundle"
+        shutil.rmtree(copied, ignore_errors=True)
+        shutil.copytree(bundle_path, copied)
         onnx_file = export_onnx(load_bundle(copied))
-    except ImportError as error:  # the exporter needs onnx and onnxscript
-        return {"skipped": f"ONNX export is not available here ({error})"}
-    try:
-        backends = {name: Predictor.load(copied, backend=name) for name in ("torch", "onnx")}
-    except TypeError:
-        return {"skipped": "Predictor.load has no backend= option yet; the ONNX rows need it"}
+    except MissingExtraError as error:
+        return {"skipped": str(error)}
+    backends = {name: Predictor.load(copied, backend=name) for name in ("torch", "onnx")}
     blobs = [path.read_bytes() for path in images.paths]
 
     def predict_one(name: str, round_: int) -> None:

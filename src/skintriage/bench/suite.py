@@ -19,12 +19,12 @@ import torch
 from skintriage.bench import inference, scaling, training
 from skintriage.bench.report import machine_info, write_results
 from skintriage.bench.samples import inference_images, training_images
+from skintriage.common.paths import CHECKOUT_ROOT, DEFAULT_BUNDLE
 from skintriage.inference.predictor import Predictor
-from skintriage.model.bundle import DEFAULT_BUNDLE
 from skintriage.training.config import load_config
 
 SECTIONS = ("latency", "throughput", "onnx", "training", "scaling")
-DEFAULT_CONFIG = DEFAULT_BUNDLE.parents[1] / "configs" / "benchmark_cpu.yaml"
+DEFAULT_CONFIG = CHECKOUT_ROOT / "configs" / "benchmark_cpu.yaml"
 DEFAULT_OUT = Path("experiments/performance")
 
 

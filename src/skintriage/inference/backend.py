@@ -9,8 +9,9 @@ interleaved so that a burst of load elsewhere hits both alike, compared by their
 hundred milliseconds for the bundled ResNet-18 at 128 px). Batch 1 is what the demo runs; folder
 prediction runs larger batches on the same choice.
 
-A file that ``"auto"`` cannot use is not an error (the PyTorch weights are always there) but is not
-silent either: it raises a warning naming the file and the reason, kept in :attr:`BackendChoice.reason`.
+A file that ``"auto"`` cannot use, or cannot run because onnxruntime (the optional ``[onnx]`` extra) is not
+installed, is not an error (the PyTorch weights are always there) but is not silent either: it raises a
+warning naming the file and the reason, kept in :attr:`BackendChoice.reason`.
 Saliency (Grad-CAM) needs gradients and always runs on the PyTorch model, whatever is chosen here.
 """
 
@@ -23,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from skintriage.common.extras import MissingExtraError
 from skintriage.common.timing import interleaved
 from skintriage.inference.batch import forward
 from skintriage.inference.onnx_runner import ONNX_FILE, OnnxModelError, OnnxRunner, compare_outputs
@@ -63,7 +65,7 @@ def choose_backend(
         return BackendChoice("torch", f"no {path.name} in {path.parent} (create one with `skintriage export`)")
     try:
         runner = _checked_runner(bundle, path)
-    except OnnxModelError as error:
+    except (OnnxModelError, MissingExtraError) as error:
         warnings.warn(f"using the PyTorch model: {error}", stacklevel=2)
         return BackendChoice("torch", f"{path} is unusable: {error}")
     timings = _median_latencies_ms(bundle, runner, repeats=repeats)

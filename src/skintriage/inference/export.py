@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from skintriage.common.atomic import atomic_path
+from skintriage.common.extras import ONNX_EXTRA, import_optional
 from skintriage.inference.batch import forward
 from skintriage.inference.onnx_runner import (
     INPUT_NAME,
@@ -60,8 +61,8 @@ def export_onnx(bundle: Bundle, path: Path | str | None = None, *, opset: int = 
     Inputs: ``pixels`` (N, 3, S, S) float32, preprocessed as the bundle says. Outputs: ``logits`` (N, C)
     and ``embedding`` (N, D). The file is written atomically, so a failed export leaves any previous one.
     """
-    import onnx
-
+    onnx = import_optional("onnx", extra=ONNX_EXTRA, needed_for="skintriage export")
+    import_optional("onnxscript", extra=ONNX_EXTRA, needed_for="skintriage export (torch.onnx.export, dynamo=True)")
     path = Path(bundle.path / ONNX_FILE if path is None else path)
     size = int(bundle.metadata["preprocessing"]["input_size"])
     module = _LogitsAndEmbedding(copy.deepcopy(bundle.model).float().cpu().eval())

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skintriage.common.extras import ONNX_EXTRA, import_optional
 from skintriage.inference.batch import forward
 from skintriage.model.bundle import Bundle, BundleError
 from skintriage.triage.calibration import probabilities_at_temperature
@@ -70,8 +71,7 @@ class OnnxRunner:
         ``threads`` (intra-op) defaults to ``torch.get_num_threads()``, so that both backends use the same
         cores (``OMP_NUM_THREADS`` / ``torch.set_num_threads`` govern both) and a timing comparison is fair.
         """
-        import onnxruntime as ort
-
+        ort = import_optional("onnxruntime", extra=ONNX_EXTRA, needed_for="the ONNX backend")
         path = Path(path)
         if not path.is_file():
             raise OnnxModelError(

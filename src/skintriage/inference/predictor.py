@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from skintriage import DISCLAIMER
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.dataset import prepare_pixels
 from skintriage.data.images import ImageDecodeError, decode_image
 from skintriage.data.prefetch import prefetch_decoded
@@ -32,7 +33,7 @@ from skintriage.inference.backend import Backend, BackendChoice, choose_backend
 from skintriage.inference.batch import decision_prior, eval_preset, forward
 from skintriage.inference.explain import crop_box, overlay, saliency
 from skintriage.metrics import decision_probabilities
-from skintriage.model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
+from skintriage.model.bundle import Bundle, load_bundle
 from skintriage.triage.acquisition import (
     AUTO,
     AcquisitionClassifier,
@@ -162,7 +163,7 @@ class Predictor:
     def load(
         cls, path: Path | str | None = None, *, device: str | torch.device = "cpu", backend: Backend = "auto"
     ) -> Predictor:
-        """The bundled model by default (``models/default``).
+        """The bundled model by default (``skintriage/model/default``, package data).
 
         ``backend``: "torch", "onnx" (the bundle's ``model.onnx``; an error if it is missing or stale) or
         "auto" (ONNX only when its file is valid and measured faster here; see :mod:`skintriage.inference.backend`).

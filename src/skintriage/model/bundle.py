@@ -44,8 +44,6 @@ from skintriage.data.taxonomy import DIAGNOSES, TAXONOMY_VERSION
 from skintriage.model.registry import create_model, list_models
 
 BUNDLE_FORMAT = 1
-# The model shipped with the repository (a source checkout / editable install); what the demo loads by default.
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "default"
 WEIGHTS_FILE = "model.safetensors"
 UNCERTAINTY_FILE = "uncertainty.safetensors"  # the uncertainty gate's class means and precision (optional)
 ACQUISITION_FILE = "acquisition.safetensors"  # the acquisition classifier's standardisation and weights (optional)

@@ -13,11 +13,13 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from skintriage.common.paths import CHECKOUT_ROOT
 from skintriage.data.taxonomy import DIAGNOSES
 from skintriage.triage.acquisition import NAMES
 
 COLUMNS = ("image", "diagnosis", "acquisition", "source", "label")
-DEFAULT_LIST = Path(__file__).resolve().parents[3] / "data" / "demo_examples.csv"
+# The checkout's list, not package data: it names images under the data root, which no installed package carries.
+DEFAULT_LIST = CHECKOUT_ROOT / "data" / "demo_examples.csv"
 
 
 class ExampleListError(ValueError):
