@@ -198,13 +198,6 @@ def test_calibrate_refuses_a_validation_set_without_malignant_lesions():
         calibrate(logits, labels, CLASSES)
 
 
-def test_class_balanced_probabilities_divide_by_the_prior_and_can_change_the_call() -> None:
-    # (0.6, 0.4) / (2/3, 1/3) = (0.9, 1.2) -> (0.9, 1.2) / 2.1: the rarer class wins.
-    balanced = calibration.class_balanced_probabilities(np.array([[0.6, 0.4], [0.9, 0.1]]), [2 / 3, 1 / 3])
-    np.testing.assert_allclose(balanced, [[0.9 / 2.1, 1.2 / 2.1], [1.35 / 1.65, 0.3 / 1.65]])
-    assert balanced.argmax(axis=1).tolist() == [1, 0]
-
-
 # --- per acquisition type ----------------------------------------------------------------------------
 
 

@@ -15,7 +15,6 @@ import pandas as pd
 from skintriage import metrics
 from skintriage.data.taxonomy import is_malignant
 from skintriage.triage.acquisition import AcquisitionAccuracy
-from skintriage.triage.calibration import class_balanced_probabilities
 
 BOOTSTRAP_RESAMPLES = 1000  # resamples of every bootstrap confidence interval an evaluation reports
 
@@ -48,9 +47,7 @@ class EvaluationResult:
 
     def decision_view(self) -> np.ndarray:
         """Label-space probabilities whose arg-max is the model's class call (see ``calibration``)."""
-        if self.decision_prior is None:
-            return restricted(self.probabilities, self.label_space)
-        return restricted(class_balanced_probabilities(self.probabilities, self.decision_prior), self.label_space)
+        return restricted(metrics.decision_probabilities(self.probabilities, self.decision_prior), self.label_space)
 
     def referral_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(malignancy score, malignant truth from the triage group, weights) over every row, as deployed."""

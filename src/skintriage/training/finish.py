@@ -37,7 +37,7 @@ from skintriage.training.config import TrainConfig
 from skintriage.training.gates import fit_referral_gates
 from skintriage.training.imbalance import effective_class_prior
 from skintriage.training.state import BEST_FILE, LOG_FILE
-from skintriage.triage.calibration import calibrate, class_balanced_probabilities, probabilities_at_temperature
+from skintriage.triage.calibration import calibrate, probabilities_at_temperature
 
 
 def finish(
@@ -139,7 +139,7 @@ def choose_class_call(*, logits: np.ndarray, labels: np.ndarray, prior: np.ndarr
     scores = {
         "argmax": metrics.balanced_accuracy(labels, probabilities, classes=present),
         "class_balanced": metrics.balanced_accuracy(
-            labels, class_balanced_probabilities(probabilities, prior), classes=present
+            labels, metrics.decision_probabilities(probabilities, prior), classes=present
         ),
     }
     return {

@@ -15,7 +15,7 @@
   case mix like training's. The ISIC headline metric, balanced accuracy, instead weighs every class
   equally; the Bayes decision for it divides each probability by the class's share in training
   (the effective prior ``n_c ** (1 - power)``) and takes the largest (post-hoc logit adjustment,
-  Menon et al. 2021). :func:`class_balanced_probabilities` does that; whether the bundle's class
+  Menon et al. 2021). :func:`skintriage.metrics.decision_probabilities` does that; whether the bundle's class
   call uses it is decided on validation balanced accuracy. Probabilities, AUCs, ECE and the
   referral score are unaffected.
 
@@ -131,12 +131,6 @@ def probabilities_at_temperatures(logits: np.ndarray, temperatures: np.ndarray |
     if not (temperatures > 0).all():
         raise ValueError(f"temperatures must be positive, not {temperatures[temperatures <= 0][:3].tolist()}")
     return softmax(logits / temperatures[:, None], axis=1)
-
-
-def class_balanced_probabilities(probabilities: np.ndarray, prior: np.ndarray | Sequence[float]) -> np.ndarray:
-    """Posteriors as if every class were equally common: ``p_c / prior_c``, renormalised per row."""
-    adjusted = np.asarray(probabilities, dtype=np.float64) / np.asarray(prior, dtype=np.float64)
-    return adjusted / adjusted.sum(axis=1, keepdims=True)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
