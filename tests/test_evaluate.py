@@ -508,11 +508,6 @@ def test_predictions_frame_without_a_threshold_has_no_referred_column() -> None:
     assert "referred" not in evaluate.predictions_frame(hand_result(threshold=None)).columns
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="predictions_frame compares the score rounded to 6 decimals with the unrounded threshold, so an image "
-    "within 5e-7 below the threshold reads referred in predictions.csv while the referral metrics count it as not",
-)
 def test_predictions_frame_referred_agrees_with_the_referral_metrics() -> None:
     result = hand_result()
     result.probabilities = result.probabilities.copy()
@@ -523,12 +518,6 @@ def test_predictions_frame_referred_agrees_with_the_referral_metrics() -> None:
     assert not evaluate.predictions_frame(result).loc[1, "referred"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="predictions_frame's `predicted` is the plain arg-max of every class, while the bundle's class call "
-    "(Predictor.class_call, and what metrics.json's accuracy and confusion matrix score) divides by the "
-    "decision prior: predictions.csv then disagrees with metrics.json for a class-balanced bundle",
-)
 def test_predictions_frame_predicted_is_the_class_call() -> None:
     result = hand_result(decision_prior=np.array([0.25, 0.5, 0.25]))
     # IMG_3 (0.30, 0.50, 0.20) / prior -> (1.2, 1.0, 0.8): the class call is mel (see the class-balanced test)

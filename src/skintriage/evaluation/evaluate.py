@@ -342,12 +342,15 @@ def json_safe(value: object) -> object:
 def predictions_frame(result: EvaluationResult) -> pd.DataFrame:
     columns = ["image_id", "source", "acquisition", "diagnosis", "triage_group", "score_weight"]
     out = result.frame[columns].copy()
-    out["predicted"] = [result.class_names[i] for i in result.probabilities.argmax(axis=1)]
+    # The bundle's class call over every class, as deployed (the Predictor's): the same rule metrics.json scores.
+    calls = metrics.predicted_classes(metrics.decision_probabilities(result.probabilities, result.decision_prior))
+    out["predicted"] = [result.class_names[i] for i in calls]
     for i, name in enumerate(result.class_names):
         out[f"p_{name}"] = result.probabilities[:, i].round(6)
-    out["malignancy_score"] = metrics.malignancy_score(result.probabilities, result.class_names).round(6)
+    score = metrics.malignancy_score(result.probabilities, result.class_names)
+    out["malignancy_score"] = score.round(6)
     if result.referral_threshold is not None:
-        out["referred"] = out["malignancy_score"] >= result.referral_threshold
+        out["referred"] = score >= result.referral_threshold  # the unrounded score, as the referral metrics
     return out
 
 
