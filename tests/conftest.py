@@ -1,31 +1,50 @@
-"""Shared fixtures: small images in real formats, and the real data folder when it is present."""
+"""Markers the suite applies by itself, so that ``python -m pytest -m "not realdata and not browser"`` works
+without a marker on every test.
+
+* ``realdata``: the test, or a fixture it uses, names ``shared_data`` or ``SHARED_DATA`` (tests.helpers);
+  it skips where ../shared/data is absent.
+* ``browser``: the test, or a fixture it uses, names one of the Chromium helpers of tests.helpers.app_harness.
+
+``slow`` is marked by hand on the tests that take more than about 20 s (``python -m pytest -m "not slow"``
+is the quick loop); the README's ``python -m pytest`` and CI run everything.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from types import CodeType
 
-import numpy as np
 import pytest
-from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def write_image(path: Path, *, size: tuple[int, int] = (32, 24), seed: int = 0, mode: str = "RGB", **save) -> Path:
-    """Write a random-noise image (so that no two seeds give the same picture) in the format of the suffix."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    image = Image.fromarray(pixels, mode="RGB")
-    if mode != "RGB":
-        image = image.convert(mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **save)
-    return path
+REAL_DATA_NAMES = frozenset({"shared_data", "SHARED_DATA"})
+BROWSER_NAMES = frozenset({"browser_page", "chromium_browser", "require_chromium", "open_app"})
 
 
-def shared_data(folder: str) -> Path:
-    """The real dataset folder under ../shared/data, or skip the test with the reason."""
-    path = SHARED_DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"real data not available: {path} is absent (it exists only on the project's machines)")
-    return path
+def code_names(code: CodeType) -> set[str]:
+    """Global and attribute names a function's code refers to, nested functions and lambdas included."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            names |= code_names(constant)
+    return names
+
+
+def referenced_names(item: pytest.Item) -> set[str]:
+    functions = [getattr(item, "function", None)]
+    fixture_info = getattr(item, "_fixtureinfo", None)  # pytest's record of the fixtures this test requests
+    if fixture_info is not None:
+        functions += [definition.func for defs in fixture_info.name2fixturedefs.values() for definition in defs]
+    names: set[str] = set()
+    for function in functions:
+        code = getattr(getattr(function, "__wrapped__", function), "__code__", None)
+        if code is not None:
+            names |= code_names(code)
+    return names
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = referenced_names(item)
+        if names & REAL_DATA_NAMES:
+            item.add_marker(pytest.mark.realdata)
+        if names & BROWSER_NAMES:
+            item.add_marker(pytest.mark.browser)

@@ -17,11 +17,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hostile_files import lesion
 
 from skintriage import DISCLAIMER, __version__
 from skintriage.common.paths import DEFAULT_BUNDLE, PACKAGE_DIR
 from skintriage.triage.referral import Level
+from tests.helpers.hostile_files import lesion
 
 REPO = Path(__file__).resolve().parents[1]
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]

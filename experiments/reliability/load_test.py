@@ -40,12 +40,11 @@ from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the test harness starts the app: one way to run it, tested
-
-from app_harness import RunningApp, app_process  # noqa: E402
+sys.path.insert(0, str(REPO))  # the test harness (tests.helpers) starts the app: one way to run it, tested
 
 from skintriage.common.atomic import atomic_write_text  # noqa: E402
 from skintriage.triage.referral import Level  # noqa: E402
+from tests.helpers.app_harness import RunningApp, app_process  # noqa: E402
 
 ISIC_TEST = REPO.parent / "shared" / "data" / "ham10000_isic2018_224" / "images" / "isic2018_test"
 LEVELS = tuple(Level)  # the engine's levels, in order

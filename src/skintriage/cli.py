@@ -17,7 +17,7 @@ from skintriage.common.paths import DEFAULT_BUNDLE
 # library modules (torch, timm, pandas, albumentations, ...) are imported inside the commands that use them,
 # so that `--help`, `guidance` and `data list` start in well under a second (experiments/cli_startup).
 # Nothing evaluated at import time (the options' defaults and help texts below) may import them;
-# tests/test_cli_startup.py checks that importing this module loads neither torch nor gradio, and that the
+# tests/cli/test_cli_startup.py checks that importing this module loads neither torch nor gradio, and that the
 # constant copied here still equals the library's.
 
 # = skintriage.data.splits.SPLIT_STRATEGIES, without importing pandas for a help text.

@@ -21,7 +21,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 ImageSource = str | os.PathLike[str] | bytes | BinaryIO
 
-# The formats decode_image reads, each with the file suffixes that name it (tests/test_images.py checks them
+# The formats decode_image reads, each with the file suffixes that name it (tests/data/test_images.py checks them
 # against Pillow). The one list every folder listing uses: ``skintriage predict FOLDER``, the dataset sources.
 DECODED_FORMATS: dict[str, tuple[str, ...]] = {
     "JPEG": (".jpg", ".jpeg"),

@@ -4,7 +4,7 @@ Grad-CAM (Selvaraju et al., 2017) weights each channel ``k`` of the last convolu
 ``A`` by the spatial mean of ``d score / d A_k`` and keeps the positive part of the weighted sum:
 the regions whose activations would *raise* the score. It is coarse (the bundled ResNet-18 at 128 px
 has a 4x4 last block), but it is cheap, needs no extra model, and passes the model-randomisation
-sanity check that several gradient methods fail (Adebayo et al., 2018; see ``tests/test_explain.py``).
+sanity check that several gradient methods fail (Adebayo et al., 2018; see ``tests/inference/test_explain.py``).
 
 Decisions:
 

@@ -25,7 +25,7 @@ table of contents, an anchor per topic and linked "See also" entries when it ren
 ``render_collapsible_html`` for the triage result (one closed ``<details>`` per topic, escaped HTML).
 
 The text is the project's own wording: facts and figures come from the sources with a citation, their
-sentences do not (``tests/test_guidance.py`` checks for copied word runs, and that every number quoted
+sentences do not (``tests/triage/test_guidance.py`` checks for copied word runs, and that every number quoted
 appears in the fact sheet or in a cited page). Where sources disagree the fact says so, and advice found
 only on a weak source (the AI-generated Dr.Oracle page, consumer pages) is reported as what that page
 says, not as a recommendation. Loading validates the data against the schema of ``schema.py`` (pydantic
@@ -163,7 +163,7 @@ def topic_anchor(topic_id: str) -> str:
     Derived from the topic id (not the title), so table-of-contents and "See also" links survive edits to a
     title. The prefix keeps it clear of the app's own element ids (``elem_id`` such as ``guidance``). An
     explicit ``<a id>`` because gr.Markdown (Gradio 6.31, default settings) gives headings no id of their own
-    but keeps the ``id`` of raw ``<a>`` elements (checked in Chromium by ``tests/test_guide_links.py``).
+    but keeps the ``id`` of raw ``<a>`` elements (checked in Chromium by ``tests/app/test_guide_links.py``).
     """
     return f"topic-{topic_id}"
 
