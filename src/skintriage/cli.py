@@ -586,7 +586,7 @@ def export_command(
     try:
         bundle = load_bundle(checkpoint)
         path = export_onnx(bundle, out)
-        size = int(bundle.metadata["preprocessing"]["input_size"])
+        size = bundle.metadata.preprocessing.input_size
         pixels = torch.randn(verify_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         result = parity(bundle, OnnxRunner.load(path, bundle=bundle), [pixels])
     except user_errors() as error:

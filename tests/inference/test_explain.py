@@ -22,7 +22,7 @@ from skintriage.data.presets import ClassificationPresetEval, denormalize
 from skintriage.inference.explain import crop_box, grad_cam, heatmap_on_image, overlay, saliency
 from skintriage.metrics import malignant_columns
 from skintriage.model.bundle import Bundle, load_bundle
-from skintriage.model.registry import ModelConfig, create_model, list_models
+from skintriage.model.registry import ModelConfig, SkinClassifier, create_model, get_spec, list_models
 from tests.helpers import shared_data
 
 HAM = "ham10000_isic2018_224"
@@ -96,7 +96,7 @@ def test_bad_arguments_are_refused_with_the_reason() -> None:
 
 class ColourNet(nn.Module):
     """Laid out like torchvision's EfficientNet (``features``, ``avgpool``, ``classifier[-1]`` linear), the split
-    :func:`skintriage.model.registry.feature_maps` / ``head_inputs`` / ``get_head`` rely on, with hand-set weights.
+    :class:`skintriage.model.registry.SkinClassifier` splits at for ``efficientnet_b0``, with hand-set weights.
 
     Channel 0 of the maps is "red minus green", channel 1 "green minus red" (both ReLU'd, optionally
     average-pooled by ``pool`` to coarsen the maps); class 0 reads channel 0, class 1 channel 1 and
@@ -117,11 +117,16 @@ class ColourNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Identity(), head)
-        self.skintriage_config = ModelConfig("efficientnet_b0", 3, 32, "small", None)  # head at "classifier.1"
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def colour_net(**kwargs) -> SkinClassifier:
+    """:class:`ColourNet` as ``create_model`` returns a model: with the spec it is laid out like (head at "classifier.1")."""
+    config = ModelConfig("efficientnet_b0", 3, 32, "small", None)
+    return SkinClassifier(ColourNet(**kwargs), get_spec("efficientnet_b0"), config)
 
 
 def red_and_green_squares() -> torch.Tensor:
@@ -139,7 +144,7 @@ def quadrant_masses(heatmap: np.ndarray) -> np.ndarray:
 
 
 def test_grad_cam_marks_exactly_the_pixels_that_drive_the_class() -> None:
-    model, image = ColourNet(), red_and_green_squares()
+    model, image = colour_net(), red_and_green_squares()
     red = np.zeros((32, 32), dtype=bool)
     red[2:14, 2:14] = True
     green = np.zeros((32, 32), dtype=bool)
@@ -158,7 +163,7 @@ def test_grad_cam_marks_exactly_the_pixels_that_drive_the_class() -> None:
 
 @pytest.mark.parametrize("pool", [2, 4, 8])
 def test_coarse_maps_are_upsampled_onto_the_right_quadrant(pool: int) -> None:
-    model, image = ColourNet(pool=pool), red_and_green_squares()
+    model, image = colour_net(pool=pool), red_and_green_squares()
     heatmap = grad_cam(model, image, class_index=0)
     masses = quadrant_masses(heatmap)
     assert heatmap.shape == (32, 32)
@@ -170,7 +175,7 @@ def test_coarse_maps_are_upsampled_onto_the_right_quadrant(pool: int) -> None:
 
 def test_no_positive_evidence_gives_an_all_zero_map_not_nan() -> None:
     # class 2 reads nothing (zero gradient); a class that only counts red *against* itself has negative weights
-    model = ColourNet(class_weights=[[-1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    model = colour_net(class_weights=[[-1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     for index in (0, 2):
         heatmap = grad_cam(model, red_and_green_squares(), class_index=index)
         assert heatmap.dtype == np.float32 and not np.isnan(heatmap).any()
@@ -198,10 +203,8 @@ def test_images() -> pd.DataFrame:
 
 def model_input(bundle: Bundle, image: Image.Image) -> torch.Tensor:
     """The (1, 3, S, S) tensor the bundled model sees for ``image`` (its evaluation preprocessing)."""
-    preprocessing = bundle.metadata["preprocessing"]
-    preset = ClassificationPresetEval(
-        input_size=int(preprocessing["input_size"]), crop_fraction=float(preprocessing.get("crop_fraction", 1.0))
-    )
+    preprocessing = bundle.metadata.preprocessing
+    preset = ClassificationPresetEval(input_size=preprocessing.input_size, crop_fraction=preprocessing.crop_fraction)
     return preset(image).unsqueeze(0)
 
 
@@ -262,7 +265,7 @@ def test_the_map_depends_on_the_learned_weights(bundle: Bundle, test_images: pd.
     model = bundle.model
     inputs = [model_input(bundle, decode_image(path)) for path in test_images["path"].iloc[:8]]
     trained = [grad_cam(model, images) for images in inputs]
-    config = model.skintriage_config
+    config = model.config
     correlations = []
     for seed in range(3):
         torch.manual_seed(seed)

@@ -21,7 +21,7 @@ from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.images import decode_image
 from skintriage.inference.predictor import FileError, Prediction, Predictor
 from skintriage.model.bundle import METADATA_FILE, load_bundle, save_bundle
-from skintriage.model.registry import create_model, get_head, normalization_for
+from skintriage.model.registry import create_model, normalization_for
 from skintriage.triage.acquisition import AcquisitionClassifier
 from skintriage.triage.guidance import load_guidance, topics_for_differential
 from skintriage.triage.referral import RULES, ClinicalContext, Level, ReferralPolicy, decide, rules_markdown
@@ -103,9 +103,9 @@ def test_the_referral_is_the_engine_applied_with_the_thresholds_of_the_photo_typ
     prediction = predictor.predict(lesion(1), context)
     calibration = prediction.acquisition.calibration  # "dermoscopic" / "clinical", or "pooled"
     kind = None if calibration == "pooled" else calibration
-    policy = ReferralPolicy.from_metadata(predictor.bundle.metadata, acquisition=kind)
+    policy = ReferralPolicy.from_metadata(predictor.bundle.metadata.to_json_dict(), acquisition=kind)
     assert prediction.referral == decide(prediction.probabilities, prediction.uncertainty, context, policy)
-    assert predictor.policy.referral_threshold == predictor.bundle.metadata["calibration"]["referral_threshold"]
+    assert predictor.policy.referral_threshold == predictor.bundle.metadata.calibration.referral_threshold
 
 
 def test_context_changes_the_level_as_the_engine_says(predictor: Predictor) -> None:
@@ -187,7 +187,7 @@ def test_saliency_reuses_its_forward_pass_and_changes_no_output(predictor: Predi
 def test_saliency_is_a_unit_heatmap_of_the_input_size_and_overlays_at_the_original_size(predictor: Predictor) -> None:
     image = lesion(0, (200, 160))
     prediction = predictor.predict(image, with_saliency=True)
-    size = predictor.bundle.metadata["preprocessing"]["input_size"]
+    size = predictor.bundle.metadata.preprocessing.input_size
     assert prediction.heatmap.shape == (size, size)
     assert np.isfinite(prediction.heatmap).all()
     assert prediction.heatmap.min() >= 0.0 and prediction.heatmap.max() <= 1.0
@@ -287,8 +287,9 @@ def by_type_entry(temperature: float, referral: float, urgent: float, n: int, fa
     }
 
 
+POOLED_ENTRY = {key: value for key, value in by_type_entry(1.0, 0.3, 0.6, 100).items() if key != "fallback"}
 TYPED_CALIBRATION = {
-    **by_type_entry(1.0, 0.3, 0.6, 100),
+    **POOLED_ENTRY,  # the pooled calibration has no fallback: it is what a type falls back to
     "by_acquisition": {"dermoscopic": by_type_entry(0.5, 0.95, 0.97, 40), "clinical": by_type_entry(2.0, 0.5, 0.9, 60)},
 }
 
@@ -296,7 +297,7 @@ TYPED_CALIBRATION = {
 @pytest.fixture(scope="module")
 def typed_bundle(tmp_path_factory) -> Path:
     model = create_model("resnet18", num_classes=3, input_size=32)
-    head = get_head(model, "resnet18")
+    head = model.head
     with torch.no_grad():
         head.weight.zero_()
         head.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))

@@ -134,7 +134,7 @@ def test_metadata_records_architecture_classes_versions_and_weights_hash(bundle_
     assert written["code_version"].startswith(__version__)
     assert written["name"] == "tiny"
     assert written["preprocessing"] == {"input_size": INPUT_SIZE}
-    assert load_bundle(bundle_dir).metadata == written
+    assert load_bundle(bundle_dir).metadata.to_json_dict() == written
 
 
 def test_bundle_temperature_comes_from_calibration_and_defaults_to_one(tmp_path):

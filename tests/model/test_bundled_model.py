@@ -46,8 +46,8 @@ def test_the_bundled_model_is_small_calibrated_and_says_what_it_was_not_trained_
     assert (bundle_dir / "model.safetensors").stat().st_size <= 25 * 1024 * 1024
     bundle = load_bundle(bundle_dir)
     assert "mcc" not in bundle.classes and "metastasis" not in bundle.classes
-    assert bundle.metadata["calibration"]["temperature"] > 0
-    assert 0 < bundle.metadata["calibration"]["referral_threshold"] < 1
+    assert bundle.metadata.calibration.temperature > 0
+    assert 0 < bundle.metadata.calibration.referral_threshold < 1
     card = (bundle_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Merkel cell carcinoma" in card and "not a" in card.lower()
 

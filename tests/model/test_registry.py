@@ -13,9 +13,6 @@ from skintriage.model.registry import (
     MODELS,
     PretrainedWeightsError,
     create_model,
-    feature_maps,
-    get_head,
-    head_inputs,
     list_models,
     load_weights,
 )
@@ -41,8 +38,8 @@ def test_list_models_is_the_registry():
 def test_every_model_builds_and_runs_at_64_px(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7, input_size=64)
-    assert model.skintriage_config.stem == "small"
-    head = get_head(model, name)
+    assert model.config.stem == "small"
+    head = model.head
     assert head.out_features == 7
     assert torch.count_nonzero(head.bias) == 0
     assert 0.005 < head.weight.std().item() < 0.015
@@ -62,7 +59,7 @@ def test_resnet_small_stem_replaces_the_7x7_conv_and_maxpool():
         assert features(torch.zeros(1, 3, 64, 64)).shape[-2:] == (8, 8)  # overall stride 8, not 32
 
     standard = create_model("resnet18", num_classes=7, input_size=224)
-    assert standard.skintriage_config.stem == "standard"
+    assert standard.config.stem == "standard"
     assert standard.conv1.kernel_size == (7, 7) and isinstance(standard.maxpool, nn.MaxPool2d)
     forced = create_model("resnet18", num_classes=7, input_size=224, stem="small")
     assert forced.conv1.kernel_size == (3, 3)
@@ -103,7 +100,7 @@ def test_local_weights_round_trip_with_a_mismatched_head(tmp_path, suffix):
             assert torch.equal(model.state_dict()[key], value), key
     assert model.fc.weight.shape == (7, 512)
     assert torch.count_nonzero(model.fc.bias) == 0  # fresh head, not the file's 5-way one
-    assert model.skintriage_config.pretrained == str(path)
+    assert model.config.pretrained == str(path)
 
     report = load_weights(create_model("resnet18", num_classes=7, input_size=64), path, reinitialised=("fc.",))
     assert report.ok
@@ -156,8 +153,8 @@ def test_feature_maps_and_head_inputs_reproduce_the_forward_pass(name):
     model = create_model(name, num_classes=5, input_size=64).eval()
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        maps = feature_maps(model, images)
-        split = get_head(model, name)(head_inputs(model, maps))
+        maps = model.feature_maps(images)
+        split = model.head(model.head_inputs(maps))
         whole = model(images)
     assert maps.ndim == 4 and maps.shape[0] == 2
     torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)

@@ -109,7 +109,7 @@ def test_two_processes_train_like_one(tmp_path: Path, monkeypatch: pytest.Monkey
     bundle = load_bundle(tmp_path / "ddp" / "bundle")
     assert bundle.classes == ["mel", "bcc", "nv"]
     assert not any(key.startswith("module.") for key in bundle.model.state_dict())
-    assert bundle.metadata["metrics"]["folder"]["balanced_accuracy"] >= 0.6  # 48 held-out images, chance 1/3
+    assert bundle.metadata.metrics["folder"]["balanced_accuracy"] >= 0.6  # 48 held-out images, chance 1/3
 
     # the same config in one process; its calibration and evaluation are not needed for the comparison
     monkeypatch.setattr(skintriage.training.loop, "finish", lambda *args, **kwargs: None)

@@ -76,10 +76,10 @@ def test_a_training_run_writes_a_calibrated_bundle_and_reports(tmp_path: Path) -
     assert float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
     bundle = load_bundle(bundle_dir)
     assert bundle.classes == ["mel", "bcc", "nv"]  # taxonomy order
-    calibration = bundle.metadata["calibration"]
+    calibration = bundle.metadata.calibration.to_json_dict()
     assert calibration["temperature"] > 0  # 6 validation images, all right: any T at the lower bound fits
     assert calibration["validation"]["referral_sensitivity"] >= 0.95
-    assert set(bundle.metadata["metrics"]) == {"validation", "folder"}
+    assert set(bundle.metadata.metrics) == {"validation", "folder"}
     for name in ("validation", "folder"):
         folder = tmp_path / "run" / "eval" / name
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))

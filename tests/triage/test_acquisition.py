@@ -36,7 +36,8 @@ from skintriage.model.bundle import (
     save_bundle,
     sha256_of,
 )
-from skintriage.model.registry import create_model, get_head, normalization_for
+from skintriage.model.metadata import Calibration
+from skintriage.model.registry import create_model, normalization_for
 from skintriage.training.config import TrainConfig
 from skintriage.training.gates import fit_referral_gates
 from skintriage.triage.acquisition import (
@@ -262,7 +263,7 @@ def teach_the_head(bundle, train: Manifest) -> None:
     training embeddings (a random network's colour features separate these images), rounded as stored."""
     outputs = predict_outputs(bundle.model, loader_for(bundle_dataset(bundle, train)), embeddings=True)
     probe = LogisticRegression(C=0.1, max_iter=5000).fit(outputs.embeddings, outputs.labels)  # P(nv)
-    head = get_head(bundle.model, "resnet18")
+    head = bundle.model.head
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(np.stack([np.zeros_like(probe.coef_[0]), probe.coef_[0]])))
         head.bias.copy_(torch.tensor([0.0, float(probe.intercept_[0])]))
@@ -287,7 +288,8 @@ def two_types(tmp_path_factory):
     teach_the_head(bundle, split["train"])
     val = split["val"]
     outputs = predict_outputs(bundle.model, loader_for(bundle_dataset(bundle, val)), embeddings=True)
-    bundle.metadata["calibration"] = calibrate(outputs.logits, outputs.labels, CLASSES).to_dict()
+    calibration = Calibration.model_validate(calibrate(outputs.logits, outputs.labels, CLASSES).to_dict())
+    bundle.metadata = bundle.metadata.model_copy(update={"calibration": calibration})
     gates = fit_referral_gates(bundle, manifest, config, progress=False)
     gates.save(directory, bundle.model, bundle.metadata, half=True)
     kinds = val.frame["acquisition"].to_numpy(dtype=object)[outputs.rows]
@@ -296,7 +298,7 @@ def two_types(tmp_path_factory):
 
 def test_the_pooled_calibration_is_kept_and_each_type_gets_its_own(two_types) -> None:
     _, bundle, gates, _, outputs, kinds, _ = two_types
-    pooled = bundle.metadata["calibration"]
+    pooled = bundle.metadata.calibration.to_json_dict()
     for key in ("temperature", "referral_threshold", "target_sensitivity", "validation"):
         assert gates.calibration[key] == pooled[key]
     probabilities = probabilities_at_temperature(outputs.logits, bundle.temperature)
@@ -326,9 +328,9 @@ def test_the_classifier_is_fitted_on_training_types_and_scored_on_validation(two
 def test_the_saved_bundle_holds_the_classifier_file_and_predicts_with_it(two_types) -> None:
     manifest, _, gates, directory, _, _, val = two_types
     bundle = load_bundle(directory)
-    assert bundle.metadata["acquisition_classifier"]["sha256"] == sha256_of(directory / ACQUISITION_FILE)
+    assert bundle.metadata.acquisition_classifier.sha256 == sha256_of(directory / ACQUISITION_FILE)
     assert set(bundle.acquisition_tensors) == {"mean", "scale", "coef", "intercept"}
-    assert bundle.metadata["calibration"]["by_acquisition"] == gates.calibration["by_acquisition"]
+    assert bundle.metadata.calibration.to_json_dict()["by_acquisition"] == gates.calibration["by_acquisition"]
     predictor = Predictor(bundle)
     row = val.frame.iloc[0]
     image = Image.open(manifest.root / row["image"]).convert("RGB")

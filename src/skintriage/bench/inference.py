@@ -111,7 +111,7 @@ def throughput(
 ) -> dict:
     """Images/s of ``predict_files`` vs the batch-1 reference, and of the bare forward pass per layout."""
     paths = images.paths
-    size = int(predictor.bundle.metadata["preprocessing"]["input_size"])
+    size = predictor.bundle.metadata.preprocessing.input_size
     reference_model = load_bundle(predictor.bundle.path).model.eval()  # same weights, its own instance
     count = len(paths)
     folder = interleaved(

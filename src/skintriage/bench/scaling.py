@@ -23,8 +23,8 @@ SINGLES_PER_RUN = 4  # batch-1 calls per timed run, so one run is long enough to
 
 def model_for_size(bundle: Bundle, size: int) -> tuple[torch.nn.Module, bool]:
     """The bundled model at its own size, else the same architecture with random weights; and which it is."""
-    config = bundle.model.skintriage_config
-    if size == int(bundle.metadata["preprocessing"]["input_size"]):
+    config = bundle.model.config
+    if size == bundle.metadata.preprocessing.input_size:
         return bundle.model.eval(), True
     model = create_model(config.name, num_classes=config.num_classes, input_size=size, stem=config.stem)
     return model.eval(), False

@@ -204,6 +204,7 @@ def evaluation_result(
     With ``embeddings`` (same rows) and a bundle that has an acquisition classifier, its accuracy too.
     """
     classes = bundle.classes
+    calibration = bundle.metadata.calibration
     classifier = AcquisitionClassifier.from_bundle(bundle)
     result = EvaluationResult(
         name=name,
@@ -213,7 +214,7 @@ def evaluation_result(
         labels=labels,
         probabilities=probabilities_at_temperature(logits, bundle.temperature if calibrated else 1.0),
         label_space=source_label_space(frame, classes),
-        referral_threshold=bundle.metadata.get("calibration", {}).get("referral_threshold") if calibrated else None,
+        referral_threshold=calibration.referral_threshold if calibrated and calibration is not None else None,
         n_excluded=int((labels == UNKNOWN).sum()),
         metrics={},
         decision_prior=decision_prior(bundle),
@@ -222,7 +223,7 @@ def evaluation_result(
         if classifier is None or embeddings is None
         else acquisition_accuracy(classifier, embeddings, frame["acquisition"].tolist()),
     )
-    calibrations = acquisition_calibrations(bundle.metadata.get("calibration"))
+    calibrations = acquisition_calibrations(None if calibration is None else calibration.to_json_dict())
     if (
         calibrated
         and classifier is not None
@@ -231,7 +232,7 @@ def evaluation_result(
     ):
         result.referral_per_acquisition = referral_per_acquisition(result, classifier, calibrations)
     result.metrics = evaluation_metrics(
-        result, model=bundle.metadata.get("name", str(bundle.path)), calibrated=calibrated, bootstrap=bootstrap
+        result, model=bundle.metadata.name or str(bundle.path), calibrated=calibrated, bootstrap=bootstrap
     )
     return result
 

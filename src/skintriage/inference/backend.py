@@ -75,7 +75,7 @@ def choose_backend(
 
 
 def _probe(bundle: Bundle) -> torch.Tensor:
-    size = int(bundle.metadata["preprocessing"]["input_size"])
+    size = bundle.metadata.preprocessing.input_size
     return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetEval, Normalization
 from skintriage.data.records import Manifest
-from skintriage.model.bundle import Bundle
-from skintriage.model.registry import feature_maps, get_head, head_inputs
+from skintriage.model.bundle import METADATA_FILE, Bundle, BundleError
+from skintriage.model.registry import SkinClassifier
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -39,10 +39,10 @@ class Outputs:
     embeddings: np.ndarray | None = None
 
 
-def forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(model: SkinClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, embedding): one pass, split where the classification head reads its input."""
-    embedding = head_inputs(model, feature_maps(model, images))
-    return get_head(model, model.skintriage_config.name)(embedding), embedding
+    embedding = model.head_inputs(model.feature_maps(images))
+    return model.head(embedding), embedding
 
 
 @torch.inference_mode()
@@ -96,14 +96,17 @@ def predict_logits(
 
 def bundle_normalization(bundle: Bundle) -> Normalization:
     """The input normalisation the bundle was trained with (its backbone's pretrained-weight convention)."""
-    return Normalization.from_dict(bundle.metadata["preprocessing"]["normalization"])
+    normalization = bundle.metadata.preprocessing.normalization
+    if normalization is None:
+        raise BundleError(f"{bundle.path / METADATA_FILE} lacks the field preprocessing.normalization")
+    return normalization.to_normalization()
 
 
 def eval_preset(bundle: Bundle) -> ClassificationPresetEval:
-    preprocessing = bundle.metadata["preprocessing"]
+    preprocessing = bundle.metadata.preprocessing
     return ClassificationPresetEval(
-        input_size=int(preprocessing["input_size"]),
-        crop_fraction=float(preprocessing.get("crop_fraction", 1.0)),
+        input_size=preprocessing.input_size,
+        crop_fraction=preprocessing.crop_fraction,
         normalization=bundle_normalization(bundle),
     )
 
@@ -115,7 +118,7 @@ def bundle_dataset(bundle: Bundle, manifest: Manifest, *, unknown_label: int | N
         manifest,
         transform=eval_preset(bundle),
         class_names=bundle.classes,
-        mask_watermark_sources=bundle.metadata["preprocessing"].get("mask_watermark_sources", []),
+        mask_watermark_sources=bundle.metadata.preprocessing.mask_watermark_sources,
         unknown_label=unknown_label,
     )
 
@@ -126,5 +129,7 @@ def loader_for(dataset: ManifestDataset, *, batch_size: int = 64, num_workers: i
 
 def decision_prior(bundle: Bundle) -> np.ndarray | None:
     """The training prior the class call divides by (``None``: the bundle's class call is the plain arg-max)."""
-    decision = bundle.metadata.get("decision", {})
-    return np.asarray(decision["training_prior"]) if decision.get("rule") == "class_balanced" else None
+    decision = bundle.metadata.decision
+    if decision is None or decision.rule != "class_balanced":
+        return None
+    return np.asarray(decision.training_prior)

@@ -10,8 +10,8 @@ Decisions:
 
 * **No module hooks.** The demo serves concurrent requests from one shared model; a forward/backward
   hook stores activations on the module, where two requests would overwrite each other's. Instead
-  the forward pass is split with :func:`~skintriage.model.registry.feature_maps` and
-  :func:`~skintriage.model.registry.head_inputs`, and ``torch.autograd.grad`` is taken with respect to the
+  the forward pass is split with :meth:`~skintriage.model.registry.SkinClassifier.feature_maps` and
+  :meth:`~skintriage.model.registry.SkinClassifier.head_inputs`, and ``torch.autograd.grad`` is taken with respect to the
   maps only. Grad and inference modes are thread-local in PyTorch, so nothing here is shared state.
 * **No backward pass through the backbone.** Grad-CAM needs gradients with respect to the maps, not
   the pixels, so the backbone runs under ``no_grad`` and only the small head is differentiated. The
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from skintriage.model.registry import feature_maps, get_head, head_inputs
+from skintriage.model.registry import SkinClassifier
 
 Target = Literal["class", "malignancy"]
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -87,8 +87,8 @@ def saliency(
 ) -> Saliency:
     """Grad-CAM of one image (``images`` of shape (1, 3, H, W)) with the logits of the same forward pass.
 
-    ``model`` is built by :func:`skintriage.model.registry.create_model` (the head is found from its
-    ``skintriage_config``) and must be in eval mode. ``target="class"``: explain ``class_index`` (default:
+    ``model`` is built by :func:`skintriage.model.registry.create_model` (a ``SkinClassifier``, which knows
+    its head and where its feature maps are) and must be in eval mode. ``target="class"``: explain ``class_index`` (default:
     the argmax class). ``target="malignancy"``: explain ``log sum softmax(logits / temperature)`` over
     ``malignant_indices`` (``taxonomy.malignant_indices(bundle.classes)``, with the
     bundle's temperature), which is what the referral decision thresholds.
@@ -98,10 +98,9 @@ def saliency(
         raise ValueError(f"expected one image as a (1, C, H, W) tensor, got {shape}")
     if model.training:
         raise ValueError("the model is in training mode; call model.eval() once before explaining with it")
-    config = getattr(model, "skintriage_config", None)
-    if config is None:
-        raise ValueError("the model was not built by skintriage.model.registry.create_model (no skintriage_config)")
-    head = get_head(model, config.name)
+    if not isinstance(model, SkinClassifier):
+        raise ValueError(f"the model was not built by skintriage.model.registry.create_model ({type(model).__name__})")
+    head = model.head
     num_classes = head.out_features
 
     if target == "class":
@@ -132,14 +131,14 @@ def saliency(
     embedded: list[torch.Tensor] = []
 
     def logits_from_maps(maps: torch.Tensor) -> torch.Tensor:
-        embedding = head_inputs(model, maps)
+        embedding = model.head_inputs(maps)
         embedded.append(embedding.detach())
         return head(embedding)
 
     with torch.inference_mode(False):
         pixels = images.clone() if images.is_inference() else images
         with torch.no_grad():
-            maps = feature_maps(model, pixels)
+            maps = model.feature_maps(pixels)
         heatmap, logits = _grad_cam_from_maps(maps, logits_from_maps, score, output_size=tuple(images.shape[-2:]))
     return Saliency(
         heatmap=heatmap,
@@ -298,7 +297,7 @@ def overlay(
     """``image`` (the one given to the predictor) with the heatmap over the part the model saw, the rest faded.
 
     ``heatmap`` is the (S, S) map of the model input (:func:`grad_cam`); ``crop_fraction`` is the eval
-    preset's (``bundle.metadata["preprocessing"]["crop_fraction"]``). Inside the crop each pixel becomes
+    preset's (``bundle.metadata.preprocessing.crop_fraction``). Inside the crop each pixel becomes
     ``(1 - w) * image + w * colormap(heat)`` with ``w = alpha * heat``: a region that raised nothing keeps
     its own colours (an all-zero map leaves the crop as it was, rather than darkening it), a hot spot takes
     the colour map's bright end. Outside the crop, which the model never saw, pixels are faded towards grey

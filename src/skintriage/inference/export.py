@@ -64,7 +64,7 @@ def export_onnx(bundle: Bundle, path: Path | str | None = None, *, opset: int = 
     onnx = import_optional("onnx", extra=ONNX_EXTRA, needed_for="skintriage export")
     import_optional("onnxscript", extra=ONNX_EXTRA, needed_for="skintriage export (torch.onnx.export, dynamo=True)")
     path = Path(bundle.path / ONNX_FILE if path is None else path)
-    size = int(bundle.metadata["preprocessing"]["input_size"])
+    size = bundle.metadata.preprocessing.input_size
     module = _LogitsAndEmbedding(copy.deepcopy(bundle.model).float().cpu().eval())
     example = torch.zeros(2, 3, size, size)  # batch 2: an example batch of 1 could be specialised into the graph
     with warnings.catch_warnings():
@@ -85,10 +85,10 @@ def export_onnx(bundle: Bundle, path: Path | str | None = None, *, opset: int = 
     program.model.metadata_props.update(
         {
             META_FORMAT: ONNX_FORMAT,
-            META_WEIGHTS_SHA256: bundle.metadata["weights_sha256"],
+            META_WEIGHTS_SHA256: bundle.metadata.weights_sha256,
             META_INPUT_SIZE: str(size),
             META_CLASSES: json.dumps(bundle.classes),
-            META_ARCHITECTURE: json.dumps(bundle.metadata["architecture"]),
+            META_ARCHITECTURE: json.dumps(bundle.metadata.architecture.to_json_dict()),
             META_OPSET: str(opset),
             META_CODE_VERSION: code_version(),
         }

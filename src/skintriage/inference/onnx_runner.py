@@ -94,7 +94,7 @@ class OnnxRunner:
                 f"it may be truncated or damaged: {export_hint(bundle.path)}"
             ) from None
         check_matches_bundle(path, session.get_modelmeta().custom_metadata_map, session, bundle)
-        return cls(session, path, input_size=int(bundle.metadata["preprocessing"]["input_size"]))
+        return cls(session, path, input_size=bundle.metadata.preprocessing.input_size)
 
     def __call__(self, pixels: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, embedding) as CPU float32 tensors for a (N, 3, S, S) batch, like ``inference.forward``."""
@@ -115,14 +115,14 @@ def check_matches_bundle(path: Path, metadata: dict[str, str], session, bundle: 
             f"{path} was not written by `skintriage export` (format {metadata.get(META_FORMAT)!r}, expected "
             f"{ONNX_FORMAT!r}): it does not say which weights it holds; {hint}"
         )
-    expected_sha = bundle.metadata["weights_sha256"]
+    expected_sha = bundle.metadata.weights_sha256
     recorded_sha = metadata.get(META_WEIGHTS_SHA256, "")
     if recorded_sha != expected_sha:
         raise OnnxModelError(
             f"{path} is stale: it was exported from weights with SHA-256 {recorded_sha[:12]}..., but "
             f"{bundle.path / 'model.json'} has {expected_sha[:12]}...; {hint}"
         )
-    input_size = int(bundle.metadata["preprocessing"]["input_size"])
+    input_size = bundle.metadata.preprocessing.input_size
     mismatches = []
     if metadata.get(META_INPUT_SIZE) != str(input_size):
         mismatches.append(f"input size {metadata.get(META_INPUT_SIZE)} (bundle: {input_size})")

@@ -144,15 +144,14 @@ class Predictor:
         self.classes = bundle.classes
         self.preset = eval_preset(bundle)
         self.device = next(bundle.model.parameters()).device
-        self.policy = ReferralPolicy.from_metadata(bundle.metadata)  # the pooled thresholds
-        self.pooled_calibration = AcquisitionCalibration.from_dict(bundle.metadata["calibration"], kind="(pooled)")
-        self.calibrations = acquisition_calibrations(bundle.metadata["calibration"])  # empty for older bundles
-        self.policies = {
-            kind: ReferralPolicy.from_metadata(bundle.metadata, acquisition=kind) for kind in self.calibrations
-        }
+        described = bundle.metadata.to_json_dict()  # the triage readers take model.json's plain form
+        self.policy = ReferralPolicy.from_metadata(described)  # the pooled thresholds
+        self.pooled_calibration = AcquisitionCalibration.from_dict(described["calibration"], kind="(pooled)")
+        self.calibrations = acquisition_calibrations(described["calibration"])  # empty for older bundles
+        self.policies = {kind: ReferralPolicy.from_metadata(described, acquisition=kind) for kind in self.calibrations}
         self.acquisition_classifier = AcquisitionClassifier.from_bundle(bundle)
         self.gate = (
-            UncertaintyGate.from_bundle_parts(bundle.uncertainty_tensors, bundle.metadata["uncertainty"])
+            UncertaintyGate.from_bundle_parts(bundle.uncertainty_tensors, described["uncertainty"])
             if bundle.uncertainty_tensors is not None
             else None
         )
@@ -281,16 +280,14 @@ class Predictor:
 
     def overlay(self, image: Image.Image, heatmap: np.ndarray) -> Image.Image:
         """The heatmap drawn over the part of ``image`` the model saw."""
-        crop_fraction = float(self.bundle.metadata["preprocessing"].get("crop_fraction", 1.0))
+        crop_fraction = self.bundle.metadata.preprocessing.crop_fraction
         return overlay(image.convert("RGB"), heatmap, crop_fraction=crop_fraction)
 
     def sees_whole(self, size: tuple[int, int]) -> bool:
         """Whether the model analyses all of an image of PIL ``size`` (False: only its central square)."""
-        preprocessing = self.bundle.metadata["preprocessing"]
+        preprocessing = self.bundle.metadata.preprocessing
         left, top, right, bottom = crop_box(
-            size,
-            input_size=int(preprocessing["input_size"]),
-            crop_fraction=float(preprocessing.get("crop_fraction", 1)),
+            size, input_size=preprocessing.input_size, crop_fraction=preprocessing.crop_fraction
         )
         width, height = size
         return left <= 0.5 and top <= 0.5 and right >= width - 0.5 and bottom >= height - 0.5

@@ -29,11 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -41,14 +43,21 @@ from torch import nn
 from skintriage import __version__
 from skintriage.common.atomic import atomic_path, atomic_write_text
 from skintriage.data.taxonomy import DIAGNOSES, TAXONOMY_VERSION
-from skintriage.model.registry import create_model, list_models
+from skintriage.model.metadata import (
+    FILE_FIELDS,
+    AcquisitionClassifierSummary,
+    BundleMetadata,
+    ModelDescription,
+    UncertaintySummary,
+    validation_problems,
+)
+from skintriage.model.registry import SkinClassifier, create_model, list_models
 
 BUNDLE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 UNCERTAINTY_FILE = "uncertainty.safetensors"  # the uncertainty gate's class means and precision (optional)
 ACQUISITION_FILE = "acquisition.safetensors"  # the acquisition classifier's standardisation and weights (optional)
 METADATA_FILE = "model.json"
-REQUIRED_FIELDS = ("format_version", "architecture", "classes", "taxonomy_version", "preprocessing", "weights_sha256")
 
 
 class BundleError(ValueError):
@@ -57,19 +66,20 @@ class BundleError(ValueError):
 
 @dataclass
 class Bundle:
-    model: nn.Module
-    metadata: dict[str, Any]
+    model: SkinClassifier
+    metadata: BundleMetadata
     path: Path
     uncertainty_tensors: dict[str, torch.Tensor] | None = None
     acquisition_tensors: dict[str, torch.Tensor] | None = None  # dermoscopic-or-clinical classifier (optional)
 
     @property
     def classes(self) -> list[str]:
-        return list(self.metadata["classes"])
+        return list(self.metadata.classes)
 
     @property
     def temperature(self) -> float:
-        return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+        calibration = self.metadata.calibration
+        return 1.0 if calibration is None else calibration.temperature
 
 
 def code_version() -> str:
@@ -118,8 +128,8 @@ def round_to_bundle(model: nn.Module, *, half: bool) -> nn.Module:
 
 def save_bundle(
     directory: Path,
-    model: nn.Module,
-    metadata: dict[str, Any],
+    model: SkinClassifier,
+    metadata: ModelDescription | Mapping[str, Any],
     *,
     half: bool = False,
     uncertainty_tensors: dict[str, torch.Tensor] | None = None,
@@ -127,18 +137,24 @@ def save_bundle(
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``directory``; returns the folder.
 
+    ``metadata`` is the model's description (a :class:`ModelDescription`, a loaded bundle's
+    :class:`BundleMetadata`, or the same as a dict); the fields that describe the files (format version,
+    architecture, versions, the weights' dtype and hash) are written here and never taken from it.
     ``uncertainty_tensors`` (the uncertainty gate's statistics) go to ``uncertainty.safetensors``, whose
-    hash is recorded under ``metadata["uncertainty"]`` next to the gate's thresholds;
-    ``acquisition_tensors`` (the acquisition classifier) likewise to ``acquisition.safetensors``, hashed
-    under ``metadata["acquisition_classifier"]``.
+    hash is recorded under ``uncertainty`` next to the gate's thresholds; ``acquisition_tensors`` (the
+    acquisition classifier) likewise to ``acquisition.safetensors``, hashed under ``acquisition_classifier``.
     """
-    config = getattr(model, "skintriage_config", None)
-    if config is None:
-        raise ValueError("the model was not built by skintriage.model.registry.create_model (no skintriage_config)")
-    if len(metadata.get("classes", ())) != config.num_classes:
-        raise ValueError(
-            f"{len(metadata.get('classes', ()))} class names for a model with {config.num_classes} outputs"
-        )
+    if not isinstance(model, SkinClassifier):
+        raise ValueError(f"the model was not built by skintriage.model.registry.create_model ({type(model).__name__})")
+    described = metadata.to_json_dict() if isinstance(metadata, ModelDescription) else dict(metadata)
+    described = {key: value for key, value in described.items() if key not in FILE_FIELDS}
+    try:
+        description = ModelDescription.model_validate(described)
+    except ValidationError as error:
+        raise ValueError(f"bundle metadata: {validation_problems(error)}") from None
+    config = model.config
+    if len(description.classes) != config.num_classes:
+        raise ValueError(f"{len(description.classes)} class names for a model with {config.num_classes} outputs")
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     with atomic_path(weights) as tmp:
@@ -148,32 +164,39 @@ def save_bundle(
         ("acquisition_classifier", acquisition_tensors, ACQUISITION_FILE),
     ):
         if tensors is not None:
-            metadata = _save_tensors(directory / file, tensors, metadata, field)
-    full = {
-        **metadata,  # first: the fields below describe the file and may not be overridden
-        "format_version": BUNDLE_FORMAT,
-        "architecture": {
-            "name": config.name,
-            "num_classes": config.num_classes,
-            "stem": config.stem,
-            "pretrained": config.pretrained or "none",  # the weights training started from
-        },
-        "taxonomy_version": TAXONOMY_VERSION,
-        "code_version": code_version(),
-        "weights_dtype": "float16" if half else "float32",
-        "weights_sha256": sha256_of(weights),
-    }
-    atomic_write_text(directory / METADATA_FILE, json.dumps(full, indent=2, default=_json_default) + "\n")
+            description = _save_tensors(directory / file, tensors, description, field)
+    full = BundleMetadata.model_validate(
+        {
+            **description.to_json_dict(),
+            "format_version": BUNDLE_FORMAT,
+            "architecture": {
+                "name": config.name,
+                "num_classes": config.num_classes,
+                "stem": config.stem,
+                "pretrained": config.pretrained or "none",  # the weights training started from
+            },
+            "taxonomy_version": TAXONOMY_VERSION,
+            "code_version": code_version(),
+            "weights_dtype": "float16" if half else "float32",
+            "weights_sha256": sha256_of(weights),
+        }
+    )
+    text = json.dumps(full.to_json_dict(), indent=2, default=_json_default) + "\n"
+    atomic_write_text(directory / METADATA_FILE, text)
     return directory
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], field: str) -> dict:
-    """Write a bundle's extra tensor file; returns ``metadata`` with its hash under ``metadata[field]``."""
-    if not isinstance(metadata.get(field), dict):
+def _save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], description: ModelDescription, field: str
+) -> ModelDescription:
+    """Write a bundle's extra tensor file; returns ``description`` with its hash in ``description.<field>``."""
+    summary = getattr(description, field)
+    if summary is None:
         raise ValueError(f"{field} tensors need their summary (thresholds, classes) in metadata['{field}']")
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    return {**metadata, field: {**metadata[field], "sha256": sha256_of(path)}}
+    hashed = summary.model_copy(update={"sha256": sha256_of(path)})
+    return description.model_copy(update={field: hashed})
 
 
 def _json_default(value: object) -> object:
@@ -184,45 +207,39 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot store {type(value).__name__} in model.json")
 
 
-def read_metadata(directory: Path) -> dict[str, Any]:
-    """``model.json`` of a bundle, checked for the fields and versions this code understands."""
+def read_metadata(directory: Path) -> BundleMetadata:
+    """``model.json`` of a bundle, checked field by field and for the versions this code understands."""
     directory = Path(directory)
     path = directory / METADATA_FILE
     if not directory.is_dir():
         raise BundleError(f"model bundle {directory} is not a folder (expected {METADATA_FILE} and {WEIGHTS_FILE})")
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"model bundle {directory} has no {METADATA_FILE}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(metadata, dict):
+    if not isinstance(raw, dict):
         raise BundleError(f"{path} must hold a JSON object")
-    missing = [name for name in REQUIRED_FIELDS if name not in metadata]
-    if missing:
-        raise BundleError(f"{path} lacks the field(s) {', '.join(missing)}")
-    shapes = {"classes": list, "architecture": dict, "preprocessing": dict}
-    wrong = [
-        f"{key} must be a JSON {kind.__name__}" for key, kind in shapes.items() if not isinstance(metadata[key], kind)
-    ]
-    if not wrong and "input_size" not in metadata["preprocessing"]:
-        wrong.append("preprocessing lacks input_size")
-    if wrong:
-        raise BundleError(f"{path}: {'; '.join(wrong)}")
-    if metadata["format_version"] != BUNDLE_FORMAT:
+    # first, before the fields: another format may have other fields, and the version says what to do about it
+    if "format_version" in raw and raw["format_version"] != BUNDLE_FORMAT:
         raise BundleError(
-            f"{path} has bundle format {metadata['format_version']!r}; this version of skintriage reads format "
-            f"{BUNDLE_FORMAT}. Use the skintriage version that wrote it ({metadata.get('code_version', 'unknown')})."
+            f"{path} has bundle format {raw['format_version']!r}; this version of skintriage reads format "
+            f"{BUNDLE_FORMAT}. Use the skintriage version that wrote it ({raw.get('code_version', 'unknown')})."
         )
-    if metadata["taxonomy_version"] != TAXONOMY_VERSION:
+    try:
+        metadata = BundleMetadata.model_validate(raw)
+    except ValidationError as error:
+        raise BundleError(f"{path}: {validation_problems(error)}") from None
+    if metadata.taxonomy_version != TAXONOMY_VERSION:
         raise BundleError(
-            f"{path} was trained with taxonomy {metadata['taxonomy_version']!r}, this code has {TAXONOMY_VERSION!r}: "
+            f"{path} was trained with taxonomy {metadata.taxonomy_version!r}, this code has {TAXONOMY_VERSION!r}: "
             "its class names may mean something else here. Retrain, or use the matching skintriage version."
         )
-    unknown = [name for name in metadata["classes"] if name not in DIAGNOSES]
+    unknown = [name for name in metadata.classes if name not in DIAGNOSES]
     if unknown:
         raise BundleError(f"{path} lists classes {unknown} that are not diagnoses of taxonomy {TAXONOMY_VERSION}")
-    name = metadata["architecture"].get("name")
+    name = metadata.architecture.name
     if name not in list_models():
         raise BundleError(f"{path} needs architecture {name!r}, which is not registered ({', '.join(list_models())})")
     return metadata
@@ -236,51 +253,50 @@ def load_bundle(directory: Path | str, *, device: str | torch.device = "cpu") ->
     if not weights.is_file():
         raise BundleError(f"model bundle {directory} has no {WEIGHTS_FILE}")
     digest = sha256_of(weights)
-    if digest != metadata["weights_sha256"]:
+    if digest != metadata.weights_sha256:
         raise BundleError(
             f"{weights} does not match {METADATA_FILE} (SHA-256 {digest[:12]}..., expected "
-            f"{metadata['weights_sha256'][:12]}...): the file is damaged or was replaced"
+            f"{metadata.weights_sha256[:12]}...): the file is damaged or was replaced"
         )
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:
         raise BundleError(f"{weights} is not a readable safetensors file: {error}") from None
-    architecture = metadata["architecture"]
+    architecture = metadata.architecture
     model = create_model(
-        architecture["name"],
-        num_classes=len(metadata["classes"]),
-        input_size=int(metadata["preprocessing"]["input_size"]),
-        stem=architecture.get("stem", "auto"),
+        architecture.name,
+        num_classes=len(metadata.classes),
+        input_size=metadata.preprocessing.input_size,
+        stem=architecture.stem,
     )
     # what training started from, kept so that re-saving the bundle (refitted gates) does not lose it
-    model.skintriage_config = replace(model.skintriage_config, pretrained=architecture.get("pretrained"))
+    model.config = replace(model.config, pretrained=architecture.pretrained)
     state = {key: tensor.float() if tensor.is_floating_point() else tensor for key, tensor in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise BundleError(f"{weights} does not fit architecture {architecture}: {error}") from None
+        raise BundleError(f"{weights} does not fit architecture {architecture.to_json_dict()}: {error}") from None
     return Bundle(
         model.to(device).eval(),
         metadata,
         directory,
-        _load_tensors(directory, metadata, "uncertainty", UNCERTAINTY_FILE, "an uncertainty gate"),
-        _load_tensors(directory, metadata, "acquisition_classifier", ACQUISITION_FILE, "an acquisition classifier"),
+        _load_tensors(directory, metadata.uncertainty, UNCERTAINTY_FILE, "an uncertainty gate"),
+        _load_tensors(directory, metadata.acquisition_classifier, ACQUISITION_FILE, "an acquisition classifier"),
     )
 
 
 def _load_tensors(
-    directory: Path, metadata: dict[str, Any], field: str, file: str, what: str
+    directory: Path, summary: UncertaintySummary | AcquisitionClassifierSummary | None, file: str, what: str
 ) -> dict[str, torch.Tensor] | None:
-    """An extra tensor file listed (with its hash) under ``metadata[field]``; ``None`` when the field is absent."""
-    summary = metadata.get(field)
+    """An extra tensor file described (with its hash) by ``summary``; ``None`` when the bundle has no such part."""
     if summary is None:
         return None
     path = directory / file
-    if not isinstance(summary, dict) or "sha256" not in summary:
-        raise BundleError(f"{directory / METADATA_FILE}: the {field} field must be an object with a sha256")
+    if summary.sha256 is None:
+        raise BundleError(f"{directory / METADATA_FILE}: the summary of {what} lacks the sha256 of {file}")
     if not path.is_file():
         raise BundleError(f"model bundle {directory} lists {what} but has no {file}")
-    if sha256_of(path) != summary["sha256"]:
+    if sha256_of(path) != summary.sha256:
         raise BundleError(
             f"{path} does not match {METADATA_FILE} (SHA-256 differs): the file is damaged or was replaced"
         )

