@@ -40,6 +40,7 @@ from torch import nn
 
 from skintriage import __version__
 from skintriage.common.atomic import atomic_path, atomic_write_text
+from skintriage.common.errors import SkintriageError
 from skintriage.data.taxonomy import DIAGNOSES, TAXONOMY_VERSION
 from skintriage.model.registry import create_model, list_models
 
@@ -51,7 +52,7 @@ METADATA_FILE = "model.json"
 REQUIRED_FIELDS = ("format_version", "architecture", "classes", "taxonomy_version", "preprocessing", "weights_sha256")
 
 
-class BundleError(ValueError):
+class BundleError(SkintriageError, ValueError):
     """A model bundle that is missing, damaged or made for other code; the message says which check failed."""
 
 
