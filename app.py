@@ -24,8 +24,9 @@ from pathlib import Path
 import gradio as gr
 
 from skintriage import DISCLAIMER
+from skintriage.common.errors import ArgumentError, SkintriageError
 from skintriage.common.paths import DEFAULT_BUNDLE
-from skintriage.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
+from skintriage.data.images import IMAGE_SUFFIXES, decode_image
 from skintriage.data.taxonomy import DIAGNOSES
 from skintriage.inference.predictor import Predictor
 from skintriage.triage.acquisition import AUTO, check_request
@@ -97,14 +98,14 @@ def context_from(age: object, site: object, flags: object, skin: object = "not g
     if flags is None:
         flags = []
     if not isinstance(flags, list | tuple) or not all(isinstance(label, str) for label in flags):
-        raise ValueError(f"findings must be a list of labels; choose from: {', '.join(CONTEXT_FLAGS)}")
+        raise ArgumentError(f"findings must be a list of labels; choose from: {', '.join(CONTEXT_FLAGS)}")
     unknown = [label for label in flags if label not in CONTEXT_FLAGS]
     if unknown:
-        raise ValueError(f"unknown finding {unknown[0]!r}; choose from: {', '.join(CONTEXT_FLAGS)}")
+        raise ArgumentError(f"unknown finding {unknown[0]!r}; choose from: {', '.join(CONTEXT_FLAGS)}")
     if not isinstance(skin, str | None) or (skin or "not given") not in SKIN_TYPES:
-        raise ValueError(f"unknown skin type {skin!r}; choose from: {', '.join(SKIN_TYPES)}")
+        raise ArgumentError(f"unknown skin type {skin!r}; choose from: {', '.join(SKIN_TYPES)}")
     if site is not None and not isinstance(site, str):
-        raise ValueError(f"unknown body site {site!r}; use one of: {', '.join(SITES)}")
+        raise ArgumentError(f"unknown body site {site!r}; use one of: {', '.join(SITES)}")
     chosen = {CONTEXT_FLAGS[label]: True for label in flags}
     return ClinicalContext(age=years(age), site=site or None, fair_skin=SKIN_TYPES[skin or "not given"], **chosen)
 
@@ -118,11 +119,11 @@ def years(age: object) -> int | float | None:
     if age is None or (isinstance(age, str) and not age.strip()):
         return None
     if isinstance(age, bool) or not isinstance(age, int | float | str):
-        raise ValueError(f"age must be a number of years, not {age!r}")
+        raise ArgumentError(f"age must be a number of years, not {age!r}")
     try:
         value = float(age)
     except ValueError:
-        raise ValueError(f"age must be a number of years, not {age!r}") from None
+        raise ArgumentError(f"age must be a number of years, not {age!r}") from None
     return int(value) if math.isfinite(value) else value
 
 
@@ -200,10 +201,10 @@ def build(predictor: Predictor, examples: list[tuple[str, str]]) -> gr.Blocks:
         try:
             context = context_from(age, site, flags, skin)
             if not isinstance(photo_type, str | None):
-                raise ValueError(f"unknown photo type {photo_type!r}")
+                raise ArgumentError(f"unknown photo type {photo_type!r}")
             acquisition = check_request(photo_type or AUTO)
             image = decode_image(image_path, name=Path(image_path).name)
-        except (ImageDecodeError, OSError, ValueError) as error:
+        except (SkintriageError, OSError) as error:  # a bad value or image; OSError: an unreadable upload
             raise refusal(str(error)) from None
         finally:
             discard_upload(image_path, example_digests)
@@ -238,7 +239,7 @@ def build(predictor: Predictor, examples: list[tuple[str, str]]) -> gr.Blocks:
                 context=context_from(age, site, flags, skin),
                 policy=policy,
             )
-        except ValueError as error:
+        except SkintriageError as error:
             raise refusal(str(error)) from None
         return threshold_scale_html(policy, float(malignancy)), referral_card_html(
             decision, malignancy_probability=float(malignancy)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,9 +10,10 @@ import typer
 from rich.console import Console
 
 from skintriage import DISCLAIMER
+from skintriage.common.errors import ArgumentError, InsufficientDataError, SkintriageError
 from skintriage.common.paths import DEFAULT_BUNDLE
 
-# Only typer, rich, the package's light __init__ and the pathlib-only common.paths are imported here: the
+# Only typer, rich, the package's light __init__, common.errors and the pathlib-only common.paths are imported here: the
 # library modules (torch, timm, pandas, albumentations, ...) are imported inside the commands that use them,
 # so that `--help`, `guidance` and `data list` start in well under a second (experiments/cli_startup).
 # Nothing evaluated at import time (the options' defaults and help texts below) may import them;
@@ -39,29 +39,12 @@ HashImages = Annotated[
 Split = Annotated[str, typer.Option("--split", help=f"Split strategy: {', '.join(SPLIT_STRATEGIES)}.")]
 Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="Model bundle folder (model.json + model.safetensors).")]
 
-# The errors a command reports as "error: ..." with exit status 1 instead of a traceback: (module, class).
-_USER_ERROR_CLASSES = (
-    ("skintriage.data.records", "ManifestError"),
-    ("skintriage.data.sources.files", "MetadataError"),
-    ("skintriage.data.taxonomy", "UnknownLabelError"),
-    ("skintriage.data.sources.registry", "FetchError"),
-    ("skintriage.training.config", "ConfigError"),
-    ("skintriage.model.bundle", "BundleError"),
-    ("skintriage.common.extras", "MissingExtraError"),  # an optional extra (onnx) is not installed
-)
 
+def _fail(error: SkintriageError) -> None:
+    """Report a user error (see :mod:`skintriage.common.errors`) as one ``error: ...`` line and exit 1.
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """The exception classes reported to the user without a traceback (for ``except user_errors() as error``).
-
-    Looked up in ``sys.modules`` rather than imported: an error class can only have been raised if its module
-    was loaded, so this costs no import (an ``except`` clause evaluates it only when something was raised).
+    Commands catch :class:`SkintriageError` only: any other exception is a bug and keeps its traceback.
     """
-    found = [getattr(sys.modules[module], name) for module, name in _USER_ERROR_CLASSES if module in sys.modules]
-    return (*found, FileNotFoundError, KeyError, ValueError)
-
-
-def _fail(error: Exception) -> None:
     message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=1)
@@ -137,7 +120,7 @@ def data_summarize(
     try:
         manifest, hashes, policy = _load_and_split(source, root, metadata, split, seed, hash_all)
         summary = summarize_manifest(manifest, leakage=audit_leakage(manifest, hashes), split_policy=policy)
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -179,7 +162,7 @@ def data_audit(
     try:
         manifest, hashes, policy = _load_and_split(source, root, metadata, split, seed, hash_all)
         report = audit_leakage(manifest, hashes)
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     result = {
         "source": source,
@@ -216,7 +199,7 @@ def data_fetch(
         if chosen.fetch is None:
             raise FetchError(f"{source} has no scripted download. To obtain it:\n{chosen.obtain}")
         chosen.fetch(dest / source)
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     console.print(f"{source} downloaded into {dest / source}")
 
@@ -239,7 +222,7 @@ def train_command(
     try:
         config = load_config(config_path, **{"epochs": epochs, **parse_overrides(overrides or [])})
         bundle = train(config, out=out or Path("runs") / config.name, data_root=data_root)
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     console.print(f"bundle written to {bundle}")
 
@@ -256,7 +239,7 @@ def fit_gates_command(
 
     try:
         bundle = refit_referral_gates(checkpoint, data_root=data_root)
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     console.print(f"gates written to {bundle / 'model.json'}")
 
@@ -285,12 +268,12 @@ def evaluate_command(
             manifest, _, _ = _load_and_split(source, root, None, "project", seed, True)
             manifest = manifest.where(split=split)
             if not len(manifest):
-                raise ValueError(f"source {source!r} has no images in split {split!r}")
+                raise InsufficientDataError(f"source {source!r} has no images in split {split!r}")
         result = evaluate_bundle(bundle, manifest.with_images(), name=source if split is None else f"{source}_{split}")
         before = _file_states(out)
         write_evaluation(result, out)
         written = _written_since(before, out)
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     m = result.metrics
     console.print(
@@ -444,7 +427,7 @@ def predict_command(
             fair_skin=fair_skin,
         )
         predictor = Predictor.load(checkpoint)
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     paths = _expand(images)
     if saliency_dir is not None:
@@ -520,16 +503,10 @@ def guidance_command(
     output_format: Annotated[str, typer.Option("--format", help="md or json.")] = "md",
 ) -> None:
     """The diagnostic work-up guidance (biopsy, immunohistochemistry, grading, imaging, ...), with citations."""
-    from skintriage.triage.guidance import (
-        GuidanceError,
-        load_guidance,
-        render_markdown,
-        to_json,
-        topics_for_differential,
-    )
+    from skintriage.triage.guidance import load_guidance, render_markdown, to_json, topics_for_differential
 
     if output_format not in ("md", "json"):
-        _fail(ValueError(f"--format must be md or json, not {output_format!r}"))
+        _fail(ArgumentError(f"--format must be md or json, not {output_format!r}"))
     try:
         kb = load_guidance()
         if workup is not None:
@@ -539,7 +516,7 @@ def guidance_command(
         else:
             print(render_markdown(kb, topics=topic or None))
             print(f"\n_{DISCLAIMER}_")
-    except GuidanceError as error:
+    except SkintriageError as error:
         _fail(error)
 
 
@@ -549,7 +526,7 @@ def rules_command(output_format: Annotated[str, typer.Option("--format", help="m
     from skintriage.triage.referral import rule_conditions, rules_markdown
 
     if output_format not in ("md", "json"):
-        _fail(ValueError(f"--format must be md or json, not {output_format!r}"))
+        _fail(ArgumentError(f"--format must be md or json, not {output_format!r}"))
     if output_format == "json":
         rows = [{"rule": r.id, "level": r.level.label, "fires_when": text} for r, text in rule_conditions()]
         print(json.dumps({"disclaimer": DISCLAIMER, "rules": rows}, indent=2))
@@ -582,14 +559,14 @@ def export_command(
     from skintriage.model.bundle import load_bundle
 
     if export_format != "onnx":
-        _fail(ValueError(f"--format must be onnx, not {export_format!r}"))
+        _fail(ArgumentError(f"--format must be onnx, not {export_format!r}"))
     try:
         bundle = load_bundle(checkpoint)
         path = export_onnx(bundle, out)
         size = bundle.metadata.preprocessing.input_size
         pixels = torch.randn(verify_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         result = parity(bundle, OnnxRunner.load(path, bundle=bundle), [pixels])
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
     console.print(
@@ -640,7 +617,7 @@ def bench_command(
             data_root=data_root,
             on_section=lambda name, section: console.print(Markdown("\n".join(SECTION_WRITERS[name](section)))),
         )
-    except user_errors() as error:
+    except SkintriageError as error:
         _fail(error)
     console.print(f"wrote {out}/results.md, results.json" + ("" if only and "scaling" not in only else ", scaling.png"))
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import sklearn.metrics
 
+from skintriage.common.errors import InsufficientDataError
 from skintriage.data import taxonomy
 
 ROW_SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; 1e-3 still catches logits or unnormalised scores
@@ -108,9 +109,9 @@ def _binary_inputs(
 
 def _require_both(is_positive: np.ndarray, what: str) -> None:
     if not is_positive.any():
-        raise ValueError(f"{what} is undefined: there are no positive (malignant) rows with weight > 0")
+        raise InsufficientDataError(f"{what} is undefined: there are no positive (malignant) rows with weight > 0")
     if is_positive.all():
-        raise ValueError(f"{what} is undefined: there are no negative (benign) rows with weight > 0")
+        raise InsufficientDataError(f"{what} is undefined: there are no negative (benign) rows with weight > 0")
 
 
 def _check_rate(value: float, name: str) -> None:
@@ -444,13 +445,15 @@ def referral_threshold_for_sensitivity(
 
     Calibration runs this on validation data: the largest such threshold refers the fewest benign
     lesions while keeping the safety floor. It is always one of the malignant scores; any larger
-    threshold misses that case and falls below the target. Needs malignant rows (else ``ValueError``),
+    threshold misses that case and falls below the target. Needs malignant rows (else ``InsufficientDataError``),
     but not benign ones.
     """
     s, t, w = _binary_inputs(scores, is_malignant, weights)
     _check_rate(target_sensitivity, "target_sensitivity")
     if not t.any():
-        raise ValueError("a referral threshold cannot be calibrated: there are no malignant rows with weight > 0")
+        raise InsufficientDataError(
+            "a referral threshold cannot be calibrated: there are no malignant rows with weight > 0"
+        )
     thresholds, sensitivity, _ = _operating_points(s, t, w)
     return float(thresholds[np.argmax(sensitivity >= target_sensitivity - _RATE_SLACK)])
 
@@ -466,7 +469,9 @@ def referral_threshold_for_specificity(
     s, t, w = _binary_inputs(scores, is_malignant, weights)
     _check_rate(target_specificity, "target_specificity")
     if not (~t).any():
-        raise ValueError("a specificity threshold cannot be calibrated: there are no benign rows with weight > 0")
+        raise InsufficientDataError(
+            "a specificity threshold cannot be calibrated: there are no benign rows with weight > 0"
+        )
     thresholds, _, specificity = _operating_points(s, t, w)
     return float(thresholds[np.flatnonzero(specificity >= target_specificity - _RATE_SLACK).max()])
 

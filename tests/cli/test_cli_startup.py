@@ -55,12 +55,3 @@ def test_the_constant_copied_into_the_cli_equals_the_librarys() -> None:
     from skintriage.data.splits import SPLIT_STRATEGIES
 
     assert cli.SPLIT_STRATEGIES == SPLIT_STRATEGIES
-
-
-def test_user_errors_name_every_library_error_once_its_module_is_loaded() -> None:
-    import importlib
-
-    expected = [getattr(importlib.import_module(module), name) for module, name in cli._USER_ERROR_CLASSES]
-    errors = cli.user_errors()
-    assert all(error in errors for error in expected)
-    assert {FileNotFoundError, KeyError, ValueError} <= set(errors)

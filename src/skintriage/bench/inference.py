@@ -23,7 +23,7 @@ from skintriage.bench import references
 from skintriage.bench.samples import ImageSet
 from skintriage.common.extras import ONNX_EXTRA, MissingExtraError, import_optional
 from skintriage.common.timing import interleaved, ratio
-from skintriage.data.images import decode_image
+from skintriage.data.images import ImageDecodeError, decode_image
 from skintriage.inference.batch import bundle_normalization, forward
 from skintriage.inference.explain import saliency
 from skintriage.inference.export import export_onnx
@@ -97,7 +97,7 @@ def latency(predictor: Predictor, images: ImageSet, *, warmup: int, repeats: int
 def _consume_files(predictor: Predictor, paths: list[Path], batch_size: int) -> None:
     failures = [r for r in predictor.predict_files(paths, batch_size=batch_size) if isinstance(r, FileError)]
     if failures:
-        raise RuntimeError(f"benchmark images failed to decode: {failures[0].error}")
+        raise ImageDecodeError(f"benchmark images failed to decode: {failures[0].error}")
 
 
 def throughput(

@@ -19,6 +19,7 @@ import torch
 from skintriage.bench import inference, scaling, training
 from skintriage.bench.report import machine_info, write_results
 from skintriage.bench.samples import inference_images, training_images
+from skintriage.common.errors import ArgumentError
 from skintriage.common.paths import CHECKOUT_ROOT, DEFAULT_BUNDLE
 from skintriage.inference.predictor import Predictor
 from skintriage.training.config import load_config
@@ -78,7 +79,7 @@ def parse_sections(only: str | Iterable[str] | None) -> list[str]:
     names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
     unknown = sorted(set(names) - set(SECTIONS))
     if unknown or not names:
-        raise ValueError(f"unknown benchmark section(s) {unknown or names}; choose from {', '.join(SECTIONS)}")
+        raise ArgumentError(f"unknown benchmark section(s) {unknown or names}; choose from {', '.join(SECTIONS)}")
     return [name for name in SECTIONS if name in names]
 
 

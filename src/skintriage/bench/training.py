@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from skintriage.bench import references
 from skintriage.bench.samples import TrainingImages
+from skintriage.common.errors import InsufficientDataError
 from skintriage.common.timing import interleaved, ratio
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetTrain
@@ -82,7 +83,7 @@ def training_throughput(
     device = resolve_device(config.device)
     images = steps * config.batch_size
     if len(training.manifest) < images:
-        raise ValueError(f"need {images} training images for {steps} steps of {config.batch_size}")
+        raise InsufficientDataError(f"need {images} training images for {steps} steps of {config.batch_size}")
     run = build_run(config, training, device=device)
     for row in range(len(run.train_set)):  # fill the decode cache, as epoch 1 of a real run does
         run.train_set.pixels(row)

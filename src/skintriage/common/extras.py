@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from skintriage.common.errors import SkintriageError
+
 ONNX_EXTRA = "onnx"
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(SkintriageError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
 

@@ -15,6 +15,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from skintriage.common.errors import SkintriageError
+
 # 40 megapixels covers most phones and every dermatoscope; a larger JPEG (108 MP phones) is decoded at a
 # reduced scale that fits, any other larger image is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -40,7 +42,7 @@ PHOTO_SUFFIXES = IMAGE_SUFFIXES + REFUSED_SUFFIXES
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(SkintriageError, ValueError):
     """An image that cannot be used, with a message a user can act on."""
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from skintriage.common.errors import ArgumentError, SkintriageError
 from skintriage.data.images import decode_array, decode_image, image_header_problem
 from skintriage.data.taxonomy import label_map
 
@@ -55,7 +56,7 @@ MANIFEST_COLUMNS = (
 ARRAY_SEPARATOR = "#"
 
 
-class ManifestError(ValueError):
+class ManifestError(SkintriageError, ValueError):
     """A manifest that failed validation; ``problems`` lists every offending row, not only the first."""
 
     def __init__(self, summary: str, problems: list[str]):
@@ -118,7 +119,7 @@ class Manifest:
         keep = pd.Series(True, index=self.frame.index)
         if split is not None:
             if split not in SPLITS:
-                raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+                raise ArgumentError(f"unknown split {split!r}; expected one of {SPLITS}")
             keep &= self.frame["split"] == split
         if diagnoses is not None:
             keep &= self.frame["diagnosis"].isin(list(diagnoses))

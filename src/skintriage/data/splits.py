@@ -21,8 +21,9 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from skintriage.common.errors import ArgumentError
 from skintriage.data.images import ImageDecodeError
-from skintriage.data.records import Manifest
+from skintriage.data.records import Manifest, ManifestError
 
 # "Near-identical" means the same picture re-encoded, resized or lightly retouched, not a second photo
 # of a lesion. Two tests must both pass. (1) A 256-bit difference hash (16x16 gradient signs) within 20
@@ -181,8 +182,13 @@ def assign_splits(
     official = set(groups[~unsplit])
     straddling = official & set(groups[unsplit])
     if straddling:
-        raise ValueError(
-            f"{len(straddling)} groups (patients/lesions/images) have rows both with and without an official split"
+        rows = frame[np.isin(groups, list(straddling))]
+        raise ManifestError(
+            f"{len(straddling)} groups (patients/lesions/images) have rows both with and without an official split",
+            [
+                f"image {image}: {'no split' if pd.isna(split) else f'split {split}'}"
+                for image, split in zip(rows["image_id"], rows["split"], strict=True)
+            ],
         )
 
     frequency = frame["diagnosis"].value_counts()
@@ -353,14 +359,14 @@ def split_manifest(
     has_official = bool(manifest.frame["split"].notna().any())
     if strategy == "official":
         if not manifest.frame["split"].notna().all():
-            raise ValueError("this source has no official split for every image; use --split project")
+            raise ArgumentError("this source has no official split for every image; use --split project")
         split = manifest
     elif strategy == "project":
         split = assign_splits(manifest, fractions=fractions, seed=seed, hashes=hashes)
     elif strategy == "naive":
         split = naive_image_split(manifest, fractions=fractions, seed=seed)
     else:
-        raise ValueError(f"unknown split strategy {strategy!r}; choose one of {SPLIT_STRATEGIES}")
+        raise ArgumentError(f"unknown split strategy {strategy!r}; choose one of {SPLIT_STRATEGIES}")
     policy = {
         "strategy": strategy,
         "official_split_used": has_official and strategy != "naive",

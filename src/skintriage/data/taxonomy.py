@@ -25,6 +25,8 @@ from importlib import resources
 
 import yaml
 
+from skintriage.common.errors import SkintriageError
+
 TAXONOMY_VERSION = "1.0"
 
 
@@ -95,7 +97,7 @@ DIAGNOSES: dict[str, Diagnosis] = {
 }
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(SkintriageError, ValueError):
     """A raw label that the source's label map does not list."""
 
 

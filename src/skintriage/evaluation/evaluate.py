@@ -37,6 +37,7 @@ import pandas as pd
 
 from skintriage import DISCLAIMER, metrics
 from skintriage.common.atomic import atomic_write_text
+from skintriage.common.errors import InsufficientDataError
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
 from skintriage.data.taxonomy import label_map
@@ -165,7 +166,7 @@ def evaluate_bundle(
     classifier to score on them.
     """
     if len(manifest) == 0:
-        raise ValueError(f"{name}: the manifest has no images to evaluate")
+        raise InsufficientDataError(f"{name}: the manifest has no images to evaluate")
     dataset = bundle_dataset(bundle, manifest, unknown_label=UNKNOWN)
     outputs = predict_outputs(
         bundle.model,

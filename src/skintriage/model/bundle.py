@@ -42,6 +42,7 @@ from torch import nn
 
 from skintriage import __version__
 from skintriage.common.atomic import atomic_path, atomic_write_text
+from skintriage.common.errors import SkintriageError
 from skintriage.data.taxonomy import DIAGNOSES, TAXONOMY_VERSION
 from skintriage.model.metadata import (
     FILE_FIELDS,
@@ -60,7 +61,7 @@ ACQUISITION_FILE = "acquisition.safetensors"  # the acquisition classifier's sta
 METADATA_FILE = "model.json"
 
 
-class BundleError(ValueError):
+class BundleError(SkintriageError, ValueError):
     """A model bundle that is missing, damaged or made for other code; the message says which check failed."""
 
 

@@ -73,6 +73,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from skintriage.common.errors import SkintriageError
 from skintriage.data.presets import IMAGENET_NORMALIZATION, Normalization
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ IMAGENET_PRETRAINED = ("imagenet", "torchvision")  # "torchvision" is the older 
 TF_LITE_NORMALIZATION = Normalization(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(SkintriageError, RuntimeError):
     """Pretrained weights that could not be obtained or do not fit the model."""
 
 

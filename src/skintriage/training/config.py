@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from skintriage.common.errors import SkintriageError
 from skintriage.data.taxonomy import DIAGNOSES
 
 # The model registry (torch, torchvision, timm) and the split code (pandas) are imported inside the validators
@@ -22,7 +23,7 @@ from skintriage.data.taxonomy import DIAGNOSES
 # importing the types does not.
 
 
-class ConfigError(ValueError):
+class ConfigError(SkintriageError, ValueError):
     """A config file that cannot be read or does not validate; the message names the file and field."""
 
 

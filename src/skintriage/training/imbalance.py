@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from skintriage.common.errors import InsufficientDataError
 from skintriage.data.dataset import ManifestDataset
 from skintriage.training.config import TrainConfig
 
@@ -41,5 +42,5 @@ def effective_class_prior(config: TrainConfig, train_set: ManifestDataset) -> np
     else:
         mass = train_set.class_counts().astype(np.float64)
     if (mass <= 0).any():
-        raise ValueError(f"every class needs training images to have a prior; masses were {mass.tolist()}")
+        raise InsufficientDataError(f"every class needs training images to have a prior; masses were {mass.tolist()}")
     return mass / mass.sum()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from skintriage.common.errors import ArgumentError
 from skintriage.data.records import ACQUISITIONS
 from skintriage.triage.calibration import AcquisitionCalibration
 
@@ -46,9 +47,9 @@ NAMES = {"dermoscopic": "dermoscopic image", "clinical": "clinical photo"}
 
 
 def check_request(acquisition: str) -> str:
-    """``acquisition`` if it is one of ``auto``, ``dermoscopic``, ``clinical``; a ValueError naming it otherwise."""
+    """``acquisition`` if it is one of ``auto``, ``dermoscopic``, ``clinical``; an ArgumentError naming it otherwise."""
     if acquisition not in REQUESTS:
-        raise ValueError(f"acquisition must be one of {', '.join(REQUESTS)}, not {acquisition!r}")
+        raise ArgumentError(f"acquisition must be one of {', '.join(REQUESTS)}, not {acquisition!r}")
     return acquisition
 
 
@@ -116,7 +117,9 @@ class AcquisitionClassifier:
         missing = [key for key in ("mean", "scale", "coef", "intercept") if key not in tensors]
         classes = tuple(summary.get("classes") or ())
         if missing or len(classes) != 2:
-            raise ValueError(
+            from skintriage.model.bundle import BundleError  # here: model.bundle loads torch and timm
+
+            raise BundleError(
                 f"acquisition classifier: tensors lack {missing} or acquisition_classifier.classes is not two "
                 f"types ({list(classes)})"
             )

@@ -88,7 +88,9 @@ class AcquisitionCalibration:
         """Read one entry of ``model.json`` (or the pooled ``calibration`` itself); ``kind`` names it in errors."""
         urgent = data.get("urgent") if isinstance(data, Mapping) else None
         if not isinstance(urgent, Mapping) or "threshold" not in urgent or "referral_threshold" not in data:
-            raise ValueError(
+            from skintriage.model.bundle import BundleError  # here: model.bundle loads torch and timm
+
+            raise BundleError(
                 f"calibration {kind} lacks referral_threshold or urgent.threshold; run `skintriage fit-gates "
                 "--checkpoint DIR`"
             )

@@ -36,6 +36,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from skintriage.common.errors import ArgumentError
 from skintriage.data.taxonomy import DIAGNOSES, TriageGroup, is_malignant, malignancy_probability
 
 if TYPE_CHECKING:  # the record type only: importing uncertainty at run time would load torch and scikit-learn
@@ -136,9 +137,9 @@ class ClinicalContext:
 
     def __post_init__(self) -> None:
         if self.age is not None and not 0 <= self.age <= 120:
-            raise ValueError(f"age must be between 0 and 120 years, not {self.age}")
+            raise ArgumentError(f"age must be between 0 and 120 years, not {self.age}")
         if self.site is not None and self.site.strip().lower() not in SITE_UV_EXPOSED:
-            raise ValueError(f"unknown body site {self.site!r}; use one of: {', '.join(SITES)}")
+            raise ArgumentError(f"unknown body site {self.site!r}; use one of: {', '.join(SITES)}")
 
     @property
     def uv_exposed_site(self) -> bool:
@@ -420,14 +421,18 @@ class ReferralPolicy:
         """
         calibration = metadata.get("calibration") or {}
         if "referral_threshold" not in calibration or "threshold" not in (calibration.get("urgent") or {}):
-            raise ValueError(
+            from skintriage.model.bundle import BundleError  # here: model.bundle loads torch and timm
+
+            raise BundleError(
                 "the model bundle has no calibrated referral and urgent thresholds (calibration.referral_threshold, "
                 "calibration.urgent.threshold); run `skintriage fit-gates --checkpoint DIR`"
             )
         if acquisition is not None:
             entry = (calibration.get("by_acquisition") or {}).get(acquisition) or {}
             if "referral_threshold" not in entry or "threshold" not in (entry.get("urgent") or {}):
-                raise ValueError(
+                from skintriage.model.bundle import BundleError  # here: model.bundle loads torch and timm
+
+                raise BundleError(
                     f"the model bundle has no calibration.by_acquisition.{acquisition} with referral_threshold and "
                     "urgent.threshold; run `skintriage fit-gates --checkpoint DIR`"
                 )
@@ -789,7 +794,7 @@ def illustrative_decision(
     same :func:`decide` that real images go through.
     """
     if not 0.0 <= malignancy_probability <= 1.0:
-        raise ValueError(f"malignancy probability must be in [0, 1], not {malignancy_probability}")
+        raise ArgumentError(f"malignancy probability must be in [0, 1], not {malignancy_probability}")
     malignant_class = "scc" if non_pigmented else "mel"
     probabilities = {malignant_class: malignancy_probability, "nv": 1.0 - malignancy_probability}
     entropy = 1.0 if low_confidence else 0.0

@@ -13,6 +13,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from skintriage.common.errors import SkintriageError
 from skintriage.common.paths import CHECKOUT_ROOT
 from skintriage.data.taxonomy import DIAGNOSES
 from skintriage.triage.acquisition import NAMES
@@ -22,7 +23,7 @@ COLUMNS = ("image", "diagnosis", "acquisition", "source", "label")
 DEFAULT_LIST = CHECKOUT_ROOT / "data" / "demo_examples.csv"
 
 
-class ExampleListError(ValueError):
+class ExampleListError(SkintriageError, ValueError):
     """The example list is malformed: names the file, row and field."""
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from skintriage.common.errors import SkintriageError
 from skintriage.data.images import IMAGE_SUFFIXES
 from skintriage.data.sources.registry import FetchError
 
 
-class MetadataError(ValueError):
+class MetadataError(SkintriageError, ValueError):
     """A metadata table that cannot be read as the source expects; the message names file and row."""
 
 

@@ -14,14 +14,23 @@ from pathlib import Path
 
 import pandas as pd
 
+from skintriage.common.errors import SkintriageError
 from skintriage.data.records import Manifest, build_manifest
 
 ReadRows = Callable[..., pd.DataFrame]  # read(root, *, metadata=None) -> raw rows
 Fetch = Callable[[Path], None]  # fetch(destination) downloads the dataset or raises FetchError
 
 
-class FetchError(RuntimeError):
+class FetchError(SkintriageError, RuntimeError):
     """A download that could not run here; the message says what to do by hand."""
+
+
+class UnknownSourceError(SkintriageError, KeyError):
+    """A source name that is not registered; the message lists the registered ones."""
+
+
+class DatasetRootError(SkintriageError, FileNotFoundError):
+    """A dataset root (``--root``, a config's source root) that is not a folder."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class Source:
         """Read the dataset at ``root`` into a validated manifest (``metadata`` overrides the CSV it reads)."""
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"source {self.name!r}: dataset root {root} is not a directory")
+            raise DatasetRootError(f"source {self.name!r}: dataset root {root} is not a directory")
         raw = self.read(root, metadata=Path(metadata) if metadata else None)
         return build_manifest(
             raw,
@@ -82,4 +91,4 @@ def get_source(name: str) -> Source:
     try:
         return SOURCES[name]
     except KeyError:
-        raise KeyError(f"unknown source {name!r}; registered sources: {', '.join(sorted(SOURCES))}") from None
+        raise UnknownSourceError(f"unknown source {name!r}; registered sources: {', '.join(sorted(SOURCES))}") from None

@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal, Self, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from skintriage.common.errors import SkintriageError
+
 GUIDANCE_DIR = Path(__file__).resolve().parent
 
 # Internal names that must never reach a clinician: the fact sheet's file name and the copied pages'
@@ -36,7 +38,7 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _TOPIC_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class GuidanceError(ValueError):
+class GuidanceError(SkintriageError, ValueError):
     """The guidance data is invalid, or a caller asked for a topic or differential that does not exist."""
 
 
