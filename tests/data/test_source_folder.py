@@ -123,7 +123,7 @@ def test_every_label_map_loads_and_maps_only_to_canonical_codes() -> None:
     names = label_map_names()
     assert {"canonical", "ddi", "fitzpatrick17k", "ph2"} <= set(names)
     for name in names:
-        text = (resources.files("skintriage") / "label_maps" / f"{name}.yaml").read_text(encoding="utf-8")
+        text = (resources.files("skintriage.data") / "label_maps" / f"{name}.yaml").read_text(encoding="utf-8")
         codes = set(yaml.safe_load(text)["labels"].values())
         assert codes <= set(DIAGNOSES), f"{name}.yaml maps to unknown codes {codes - set(DIAGNOSES)}"
         assert label_map(name).labels, f"{name}.yaml lists no labels"

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from skintriage.common.errors import InsufficientDataError
 from skintriage.data.dataset import ManifestDataset
 from skintriage.data.presets import ClassificationPresetEval, Normalization
 from skintriage.data.records import Manifest
@@ -72,7 +73,7 @@ def predict_outputs(
         labels.append(torch.as_tensor(batch_labels))
         rows.append(torch.as_tensor(batch_rows))
     if not logits:
-        raise ValueError("nothing to predict: the dataset is empty")
+        raise InsufficientDataError("nothing to predict: the dataset is empty")
     return Outputs(
         torch.cat(logits).numpy(),
         torch.cat(labels).numpy(),

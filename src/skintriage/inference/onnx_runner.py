@@ -174,7 +174,7 @@ def compare_outputs(
     ref_logits, ref_embedding = (np.asarray(a, dtype=np.float64) for a in reference)
     new_logits, new_embedding = (np.asarray(a, dtype=np.float64) for a in candidate)
     if ref_logits.shape != new_logits.shape or ref_embedding.shape != new_embedding.shape:
-        raise ValueError(
+        raise OnnxModelError(
             f"outputs differ in shape: logits {ref_logits.shape} vs {new_logits.shape}, "
             f"embedding {ref_embedding.shape} vs {new_embedding.shape}"
         )
