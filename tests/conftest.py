@@ -5,8 +5,11 @@ without a marker on every test.
   it skips where ../shared/data is absent.
 * ``browser``: the test, or a fixture it uses, names one of the Chromium helpers of tests.helpers.app_harness.
 
-``slow`` is marked by hand on the tests that take more than about 20 s (``python -m pytest -m "not slow"``
-is the quick loop); the README's ``python -m pytest`` and CI run everything.
+* ``slow``: the test requests one of ``SLOW_FIXTURES`` (each starts a demo server, exports ONNX, runs the
+  benchmarks or the CLI over every hostile file: 10-30 s once per module), or is marked by hand
+  (trainings, a full real test set, building a wheel).
+
+``python -m pytest -m "not slow"`` is the quick loop; the README's ``python -m pytest`` and CI run everything.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import pytest
 
 REAL_DATA_NAMES = frozenset({"shared_data", "SHARED_DATA"})
 BROWSER_NAMES = frozenset({"browser_page", "chromium_browser", "require_chromium", "open_app"})
+SLOW_FIXTURES = frozenset(
+    {"app_session", "session", "app_server", "app_run", "cli_run", "load_test", "quick_results", "exported"}
+)
 
 
 def code_names(code: CodeType) -> set[str]:
@@ -48,3 +54,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.realdata)
         if names & BROWSER_NAMES:
             item.add_marker(pytest.mark.browser)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

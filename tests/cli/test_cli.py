@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from typer.testing import CliRunner
 
 from skintriage.cli import app
@@ -78,6 +79,7 @@ def test_fetch_without_a_scripted_download_prints_the_steps(tmp_path):
     assert "no scripted download" in result.output and "dermnetnz.org" in result.output
 
 
+@pytest.mark.slow
 def test_real_ham10000_summary_matches_the_published_counts():
     root = shared_data("ham10000_isic2018_224")
     result = run("data", "summarize", "ham10000", "--root", str(root), "--json")

@@ -148,6 +148,7 @@ def test_full_ham10000_metadata_naive_split_leaks_lesions_project_split_none():
     assert len(project.shared_lesions) == 0
 
 
+@pytest.mark.slow
 def test_real_ham10000_split_is_lesion_disjoint_and_stratified():
     root = shared_data("ham10000_isic2018_224")
     source = get_source("ham10000")

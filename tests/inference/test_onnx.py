@@ -217,6 +217,7 @@ def test_predictions_and_saliency_agree_between_backends(exported: Path) -> None
 # --- the export command --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_command_writes_the_file_and_reports_parity(tmp_path: Path) -> None:
     directory = copy_bundle(tmp_path / "cli")
     result = runner.invoke(app, ["export", "--checkpoint", str(directory), "--format", "onnx"])

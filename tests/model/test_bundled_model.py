@@ -77,6 +77,7 @@ def test_predict_reports_probabilities_and_refuses_a_broken_file(bundle_dir: Pat
     }
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_committed_isic_2018_test_metrics(bundle_dir: Path, tmp_path: Path) -> None:
     root = shared_data("ham10000_isic2018_224")
     expected = json.loads((COMMITTED / "isic2018_test" / "metrics.json").read_text(encoding="utf-8"))

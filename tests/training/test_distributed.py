@@ -84,6 +84,7 @@ def test_the_global_batch_is_split_over_the_ranks(tmp_path: Path) -> None:
         local_batch_size(config, World(rank=0, size=3))
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real ``torchrun`` of two CPU processes writes one run folder and a bundle as good as one process's.
 

@@ -67,6 +67,7 @@ def read_log(run: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
+@pytest.mark.slow
 def test_a_training_run_writes_a_calibrated_bundle_and_reports(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
     bundle_dir = train(config, out=tmp_path / "run", progress=False)
@@ -91,6 +92,7 @@ def test_a_training_run_writes_a_calibrated_bundle_and_reports(tmp_path: Path) -
     assert (bundle_dir / "model.safetensors").stat().st_size < 25e6
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
     config_path = write_config(tmp_path, epochs=4)
     config = load_config(config_path)
