@@ -231,7 +231,7 @@ def validation_rows(predictor: Predictor, data_root: Path) -> tuple[ManifestData
 
 def run(data_root: Path, checkpoint: Path, cache: Path | None = None) -> dict:
     started = time.perf_counter()
-    predictor = Predictor.load(checkpoint, backend="torch")
+    predictor = Predictor.load(checkpoint, variant="torch-float32")
     preset = predictor.preset
     size = preset.input_size
     preprocessing = predictor.bundle.metadata["preprocessing"]

@@ -356,6 +356,14 @@ def predict_command(
         ),
     ],
     checkpoint: Checkpoint = DEFAULT_BUNDLE,
+    variant: Annotated[
+        str,
+        typer.Option(
+            "--variant",
+            help="Engine and precision: auto (the bundle's default), torch-float32, onnx-float32, onnx-int8, "
+            "torch-bfloat16; each runs at the thresholds fitted for it.",
+        ),
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image (JSON Lines).")] = False,
     age: Annotated[int | None, typer.Option("--age", help="Patient age in years.")] = None,
     site: Annotated[str | None, typer.Option("--site", help="Body site, e.g. face, scalp, trunk, lower leg.")] = None,
@@ -426,7 +434,7 @@ def predict_command(
             new_or_enlarging_nodule=new_or_enlarging,
             fair_skin=fair_skin,
         )
-        predictor = Predictor.load(checkpoint)
+        predictor = Predictor.load(checkpoint, variant=variant)
     except SkintriageError as error:
         _fail(error)
     paths = _expand(images)
@@ -538,46 +546,49 @@ def rules_command(output_format: Annotated[str, typer.Option("--format", help="m
 @app.command("export")
 def export_command(
     checkpoint: Checkpoint = DEFAULT_BUNDLE,
-    export_format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
-    out: Annotated[
+    variant: Annotated[
+        str,
+        typer.Option(
+            "--variant",
+            help="onnx-float32, onnx-int8, torch-bfloat16, a comma-separated list, or all: each exported, "
+            "refitted and compared.",
+        ),
+    ] = "onnx-float32",
+    data_root: Annotated[
         Path | None,
-        typer.Option("--out", help="Output file (default <bundle>/model.onnx, where the predictor looks for it)."),
+        typer.Option("--data-root", help="Data folder of the bundle's training config (default: the config's)."),
     ] = None,
-    verify_batch: Annotated[
-        int, typer.Option("--verify-batch", min=1, help="Generated images the parity check runs through both.")
-    ] = 16,
 ) -> None:
-    """Export a bundle's model (ONNX: logits and embedding, dynamic batch, float32) and check it against PyTorch.
+    """Make a deployment variant of a bundle, calibrated at its own precision, and choose the default variant.
 
-    Exits with status 1 if the exported model's calibrated probabilities differ from PyTorch's by more
-    than 1e-4 or any arg-max differs on the generated batch.
+    Writes the variant's file into the bundle folder, fits its temperature and thresholds on validation
+    outputs computed at that precision, compares it with float32 on validation and every test set
+    (probabilities, referral levels, metrics against float32's 95% CIs) and records it in model.json,
+    with the default variant: the fastest admissible one at batch 1, measured here.
     """
-    import torch
+    from skintriage.inference.variants import REFERENCE, VARIANTS, variant_spec
+    from skintriage.training.deployment import export_variant
 
-    from skintriage.inference.export import export_onnx
-    from skintriage.inference.onnx_runner import PARITY_TOLERANCE, OnnxRunner, parity
-    from skintriage.model.bundle import load_bundle
-
-    if export_format != "onnx":
-        _fail(ArgumentError(f"--format must be onnx, not {export_format!r}"))
     try:
-        bundle = load_bundle(checkpoint)
-        path = export_onnx(bundle, out)
-        size = bundle.metadata.preprocessing.input_size
-        pixels = torch.randn(verify_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-        result = parity(bundle, OnnxRunner.load(path, bundle=bundle), [pixels])
+        chosen = [n for n in VARIANTS if n != REFERENCE] if variant == "all" else variant.split(",")
+        names = [variant_spec(name.strip()).name for name in chosen]
+        for name in names:
+            entry = export_variant(checkpoint, name, data_root=data_root)
+            validation = entry.parity["sets"]["validation"]
+            console.print(
+                f"{name}: {entry.file or 'no file (PyTorch weights)'}; validation: max |dp| "
+                f"{validation['max_abs_probability']:.2e}, referral levels agree on {validation['level_agreement']:.2%}"
+                f" ({validation['level_disagreements']} differ); admissible: {entry.admissible} ({entry.verdict})",
+                highlight=False,
+            )
+        from skintriage.model.bundle import read_metadata
+
+        metadata = read_metadata(checkpoint)
     except SkintriageError as error:
         _fail(error)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
-    console.print(
-        f"parity with PyTorch on a generated batch of {result.n_images}: max abs difference "
-        f"{result.max_abs_probability:.2e} (calibrated probabilities), {result.max_abs_logit:.2e} (logits), "
-        f"{result.max_abs_embedding:.2e} (embedding); arg-max agreement {result.argmax_agreement:.4f}",
-        highlight=False,
-    )
-    if not result.ok():
-        typer.secho(f"error: parity check failed (tolerance {PARITY_TOLERANCE:g}); do not use {path}", err=True)
-        raise typer.Exit(code=1)
+    speeds = {name: v.speed for name, v in (metadata.variants or {}).items()}
+    console.print(f"batch-1 / batch-32 forward ms here: {speeds}", highlight=False)
+    console.print(f"default variant: {metadata.default_variant}", highlight=False)
 
 
 @app.command("bench")
@@ -590,7 +601,7 @@ def bench_command(
     ] = False,
     only: Annotated[
         str | None,
-        typer.Option("--only", help="Comma-separated sections: latency,throughput,onnx,training,scaling."),
+        typer.Option("--only", help="Comma-separated sections: latency,throughput,variants,training,scaling."),
     ] = None,
     checkpoint: Checkpoint = DEFAULT_BUNDLE,
     data_root: Annotated[

@@ -16,9 +16,12 @@ from typer.testing import CliRunner
 from skintriage.bench.report import RESULTS_JSON, RESULTS_MD, SCALING_PNG
 from skintriage.bench.suite import SECTIONS, parse_sections, run_suite
 from skintriage.cli import app
+from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.common.timing import Timing, interleaved, percentile
 from skintriage.data.images import ImageDecodeError
 from skintriage.data.prefetch import prefetch_decoded
+from skintriage.inference.variants import REFERENCE
+from skintriage.model.bundle import read_metadata
 from tests.helpers import write_image
 
 
@@ -51,7 +54,7 @@ def test_quick_suite_writes_every_section(quick_results: tuple[dict, Path]) -> N
     machine = on_disk["machine"]
     assert machine["cores_usable"] >= 1 and machine["torch_threads"] >= 1 and machine["torch"] and machine["cpu"]
     markdown = (out / RESULTS_MD).read_text(encoding="utf-8")
-    for heading in ("Latency", "Throughput", "ONNX", "Training throughput", "Scaling"):
+    for heading in ("Latency", "Throughput", "Deployment variants", "Training throughput", "Scaling"):
         assert f"## {heading}" in markdown
     assert (out / SCALING_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.tmp"))  # atomic writes left no temporary files
@@ -76,23 +79,21 @@ def test_latency_and_throughput_are_consistent(quick_results: tuple[dict, Path])
     assert all(rate > 0 for rate in throughput["forward_only"].values())
 
 
-@pytest.mark.xfail(
-    reason="one consistency flag differs for the new bundled model (training section); the bench is regenerated for it under issue 16",
-    strict=False,
-)
-def test_onnx_training_and_scaling_are_consistent(quick_results: tuple[dict, Path]) -> None:
+def test_variants_training_and_scaling_are_consistent(quick_results: tuple[dict, Path]) -> None:
     sections = quick_results[0]["sections"]
-    onnx = sections["onnx"]
-    if "skipped" not in onnx:  # skipped (with the reason) where the exporter or onnxruntime is missing
-        for name in ("torch", "onnx"):
-            _latency_row_ok(onnx["latency"][name])
-            _throughput_row_ok(onnx["throughput"][name])
-        assert math.isclose(
-            onnx["throughput_ratio"],
-            onnx["throughput"]["onnx"]["images_per_s"] / onnx["throughput"]["torch"]["images_per_s"],
+    variants = sections["variants"]
+    metadata = read_metadata(DEFAULT_BUNDLE)
+    assert variants["default_variant"] == (metadata.default_variant or REFERENCE)
+    assert set(variants["latency"]) | set(variants["skipped"]) == {REFERENCE, *(metadata.variants or {})}
+    for name in variants["latency"]:
+        _latency_row_ok(variants["latency"][name])
+        _throughput_row_ok(variants["throughput"][name])
+    for name, recorded in variants["recorded"].items():  # copied from model.json, not measured here
+        assert (
+            recorded["validation_level_agreement"]
+            == metadata.variants[name].parity["sets"]["validation"]["level_agreement"]
         )
-    else:
-        assert onnx["skipped"]
+    assert all(ms > 0 for ms in variants["torch_forward_batch_1_ms"].values())
 
     training = sections["training"]
     assert training["images"] == "generated"
@@ -105,7 +106,8 @@ def test_onnx_training_and_scaling_are_consistent(quick_results: tuple[dict, Pat
 
     scaling = sections["scaling"]
     assert [row["input_size"] for row in scaling["rows"]] == [96, 128]
-    assert [row["bundled_weights"] for row in scaling["rows"]] == [False, True]  # the bundle is 128 px
+    size = metadata.preprocessing.input_size  # the bundle's own size: its weights; any other: random weights
+    assert [row["bundled_weights"] for row in scaling["rows"]] == [row["input_size"] == size for row in scaling["rows"]]
     for row in scaling["rows"]:
         _latency_row_ok(row["latency_batch_1"])
         assert set(row["images_per_s"]) == {str(b) for b in scaling["batch_sizes"]}

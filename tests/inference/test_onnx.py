@@ -1,26 +1,30 @@
-"""ONNX export and the onnxruntime backend: parity with PyTorch, refusal of stale or damaged files, backend choice."""
+"""ONNX export and the onnxruntime variants: parity with PyTorch, refusal of stale, damaged or uncalibrated files.
+
+Exporting with a refit (``skintriage export --variant``) is tested on a tiny generated bundle in
+``tests/training/test_deployment.py``; here the file-level pieces run on the bundled model.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 from PIL import Image, ImageDraw, ImageFilter
 from typer.testing import CliRunner
 
 from skintriage.cli import app
+from skintriage.common.errors import ArgumentError
 from skintriage.common.extras import MissingExtraError
 from skintriage.common.paths import DEFAULT_BUNDLE
 from skintriage.data.sources import get_source
-from skintriage.inference.backend import choose_backend
 from skintriage.inference.batch import bundle_dataset, loader_for
 from skintriage.inference.export import export_onnx
 from skintriage.inference.onnx_runner import (
@@ -32,7 +36,8 @@ from skintriage.inference.onnx_runner import (
     parity,
 )
 from skintriage.inference.predictor import Predictor
-from skintriage.model.bundle import METADATA_FILE, Bundle, load_bundle, save_bundle
+from skintriage.inference.variants import REFERENCE, VARIANTS, VariantError
+from skintriage.model.bundle import METADATA_FILE, Bundle, load_bundle, read_metadata, save_bundle, write_metadata
 from tests.helpers import shared_data
 
 ISIC_ROOT = "ham10000_isic2018_224"
@@ -48,14 +53,16 @@ def bundle() -> Bundle:
 
 @pytest.fixture(scope="module")
 def exported(bundle: Bundle, tmp_path_factory) -> Path:
-    """A copy of the bundled model's folder with a freshly exported model.onnx in it (exported once)."""
+    """A copy of the bundled model's folder without its variants, with a freshly exported model.onnx (once)."""
     directory = copy_bundle(tmp_path_factory.mktemp("onnx") / "bundle")
     export_onnx(load_bundle(directory))
     return directory
 
 
 def copy_bundle(directory: Path, *, with_onnx_from: Path | None = None) -> Path:
-    shutil.copytree(DEFAULT_BUNDLE, directory, ignore=shutil.ignore_patterns(ONNX_FILE))
+    """The bundled model as a plain float32 bundle: no ONNX files, no variant records."""
+    shutil.copytree(DEFAULT_BUNDLE, directory, ignore=shutil.ignore_patterns("*.onnx"))
+    write_metadata(directory, read_metadata(directory).model_copy(update={"variants": None, "default_variant": None}))
     if with_onnx_from is not None:
         shutil.copyfile(with_onnx_from / ONNX_FILE, directory / ONNX_FILE)
     return directory
@@ -123,14 +130,9 @@ def test_a_stale_onnx_file_next_to_retrained_weights_is_refused_naming_the_file(
     save_bundle(directory, old.model, old.metadata, half=True, uncertainty_tensors=old.uncertainty_tensors)
     onnx_path = directory / ONNX_FILE
     with pytest.raises(OnnxModelError, match="is stale") as raised:
-        Predictor.load(directory, backend="onnx")
+        OnnxRunner.load(onnx_path, bundle=load_bundle(directory))
     message = str(raised.value)
     assert str(onnx_path) in message and "skintriage export" in message
-
-    with pytest.warns(UserWarning, match="is stale"):
-        predictor = Predictor.load(directory, backend="auto")
-    assert predictor.backend == "torch"
-    assert str(onnx_path) in predictor.backend_choice.reason
 
 
 def test_a_truncated_onnx_file_is_refused_naming_the_file(exported: Path, tmp_path: Path) -> None:
@@ -138,24 +140,8 @@ def test_a_truncated_onnx_file_is_refused_naming_the_file(exported: Path, tmp_pa
     data = (exported / ONNX_FILE).read_bytes()
     (directory / ONNX_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(OnnxModelError, match="not a readable ONNX model") as raised:
-        Predictor.load(directory, backend="onnx")
+        OnnxRunner.load(directory / ONNX_FILE, bundle=load_bundle(directory))
     assert str(directory / ONNX_FILE) in str(raised.value) and "truncated" in str(raised.value)
-
-    with pytest.warns(UserWarning, match="not a readable ONNX model"):
-        assert Predictor.load(directory, backend="auto").backend == "torch"
-
-
-def test_an_onnx_file_whose_weights_were_altered_after_export_is_refused(exported: Path, tmp_path: Path) -> None:
-    """The metadata still names the bundle's weights; the probe comparison with PyTorch catches the change."""
-    directory = copy_bundle(tmp_path / "altered")
-    model = onnx.load(str(exported / ONNX_FILE))
-    biggest = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
-    altered = numpy_helper.to_array(biggest) * 1.5
-    biggest.CopyFrom(numpy_helper.from_array(altered.astype(np.float32), biggest.name))
-    onnx.save(model, str(directory / ONNX_FILE))
-    with pytest.raises(OnnxModelError, match="computes something else") as raised:
-        Predictor.load(directory, backend="onnx")
-    assert str(directory / ONNX_FILE) in str(raised.value)
 
 
 def test_an_onnx_file_not_written_by_skintriage_export_is_refused(exported: Path, tmp_path: Path) -> None:
@@ -164,73 +150,84 @@ def test_an_onnx_file_not_written_by_skintriage_export_is_refused(exported: Path
     del model.metadata_props[:]
     onnx.save(model, str(directory / ONNX_FILE))
     with pytest.raises(OnnxModelError, match="not written by `skintriage export`"):
-        Predictor.load(directory, backend="onnx")
+        OnnxRunner.load(directory / ONNX_FILE, bundle=load_bundle(directory))
 
 
-# --- choosing the backend ------------------------------------------------------------------------------
+# --- the variant as users get it ---------------------------------------------------------------------------
 
 
-def test_backend_onnx_without_a_file_is_a_clear_error(tmp_path: Path) -> None:
-    directory = copy_bundle(tmp_path / "plain")
-    with pytest.raises(OnnxModelError, match="does not exist") as raised:
-        Predictor.load(directory, backend="onnx")
-    assert str(directory / ONNX_FILE) in str(raised.value) and "skintriage export" in str(raised.value)
+def test_an_onnx_file_without_its_own_calibration_is_refused_by_name(exported: Path) -> None:
+    """An exported file alone is not a variant: its thresholds must be fitted at its precision first."""
+    with pytest.raises(VariantError, match="holds no calibration for the variant onnx-float32") as raised:
+        Predictor.load(exported, variant="onnx-float32")
+    assert f"skintriage export --checkpoint {exported} --variant onnx-float32" in str(raised.value)
+    assert Predictor.load(exported).variant == REFERENCE  # "auto" on a bundle without variants: float32, quietly
 
 
-def test_backend_auto_without_a_file_uses_torch_quietly(tmp_path: Path) -> None:
-    directory = copy_bundle(tmp_path / "plain")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # a missing file is the normal case: no warning
-        predictor = Predictor.load(directory, backend="auto")
-    assert predictor.backend == "torch" and predictor.backend_choice.runner is None
-    assert ONNX_FILE in predictor.backend_choice.reason
-    assert Predictor.load(directory).backend == "torch"  # "auto" is the default
+@pytest.fixture(scope="module")
+def shipped() -> Bundle:
+    """The bundled model as it ships; skipped where its default variant's file is not in the checkout."""
+    metadata = read_metadata(DEFAULT_BUNDLE)
+    if metadata.default_variant in (None, REFERENCE):
+        pytest.skip("the bundled model's default variant is PyTorch float32")
+    spec = VARIANTS[metadata.default_variant]
+    if spec.file is not None and not (DEFAULT_BUNDLE / spec.file).is_file():
+        pytest.skip(f"{DEFAULT_BUNDLE / spec.file} is not in this checkout")
+    return load_bundle(DEFAULT_BUNDLE)
 
 
-def test_backend_auto_with_a_valid_file_measures_both_and_picks_the_faster(bundle: Bundle, exported: Path) -> None:
-    choice = choose_backend(load_bundle(exported), "auto", repeats=3)
-    assert set(choice.timings_ms) == {"torch", "onnx"} and all(t > 0 for t in choice.timings_ms.values())
-    faster = min(choice.timings_ms, key=choice.timings_ms.get)
-    assert choice.name == faster and (choice.runner is not None) == (faster == "onnx")
-    print(f"\nbackend auto: {choice.name} ({choice.timings_ms} ms, batch 1, a shared machine)")
+def test_the_bundled_model_runs_its_recorded_default_variant_with_that_variants_thresholds(shipped: Bundle) -> None:
+    predictor = Predictor.load()
+    name = shipped.metadata.default_variant
+    entry = shipped.metadata.variants[name]
+    assert predictor.variant == name and predictor.backend == VARIANTS[name].engine
+    assert predictor.bundle.temperature == entry.calibration.temperature
+    assert predictor.policy.referral_threshold == entry.calibration.referral_threshold
+    assert entry.admissible and entry.parity["sets"]["validation"]["level_agreement"] >= 0.995
 
 
-def test_an_unknown_backend_is_refused(exported: Path) -> None:
-    with pytest.raises(ValueError, match="backend must be one of torch, onnx, auto"):
-        Predictor.load(exported, backend="tensorrt")
+def test_a_changed_or_damaged_default_file_is_refused_by_name_and_auto_falls_back_with_a_warning(
+    shipped: Bundle, tmp_path: Path
+) -> None:
+    name = shipped.metadata.default_variant
+    directory = Path(shutil.copytree(DEFAULT_BUNDLE, tmp_path / "changed"))
+    path = directory / VARIANTS[name].file
+    path.write_bytes(path.read_bytes()[:-64])
+    with pytest.raises(VariantError, match="does not match") as raised:
+        Predictor.load(directory, variant=name)
+    assert str(path) in str(raised.value) and f"--variant {name}" in str(raised.value)
+    with pytest.warns(UserWarning, match=f"instead of the default variant {name}"):
+        predictor = Predictor.load(directory)
+    assert predictor.variant == REFERENCE and predictor.predict(lesion(0)).referral.level
+    assert predictor.bundle.temperature == shipped.metadata.calibration.temperature  # float32's own thresholds
 
 
-def test_predictions_and_saliency_agree_between_backends(exported: Path) -> None:
-    on_torch = Predictor.load(exported, backend="torch")
-    on_onnx = Predictor.load(exported, backend="onnx")
-    assert (on_torch.backend, on_onnx.backend) == ("torch", "onnx")
+def test_an_unknown_variant_is_refused_naming_the_registered_ones(exported: Path) -> None:
+    with pytest.raises(ArgumentError, match="unknown variant 'tensorrt'; choose from torch-float32, torch-bfloat16"):
+        Predictor.load(exported, variant="tensorrt")
+
+
+def test_predictions_and_saliency_agree_between_the_float32_variants(shipped: Bundle) -> None:
+    on_torch = Predictor.load(variant=REFERENCE)
+    on_default = Predictor.load()
+    if on_default.variant != "onnx-float32":
+        pytest.skip(f"the default variant is {on_default.variant}")
     images = [lesion(seed) for seed in range(4)]
-    for a, b in zip(on_torch.predict_batch(images), on_onnx.predict_batch(images), strict=True):
-        assert a.referral.level == b.referral.level and a.class_call == b.class_call
-        assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) <= PARITY_TOLERANCE
-    plain = on_onnx.predict(images[0])
-    explained = on_onnx.predict(images[0], with_saliency=True)  # Grad-CAM runs on the PyTorch model
+    for a, b in zip(on_torch.predict_batch(images), on_default.predict_batch(images), strict=True):
+        assert a.class_call == b.class_call
+        assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) <= 1e-3
+    plain = on_default.predict(images[0])
+    explained = on_default.predict(images[0], with_saliency=True)  # Grad-CAM on PyTorch, probabilities on ONNX
     assert explained.heatmap is not None and explained.referral.level == plain.referral.level
-    assert abs(explained.malignancy_probability - plain.malignancy_probability) <= PARITY_TOLERANCE
+    assert explained.probabilities == plain.probabilities
 
 
 # --- the export command --------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_export_command_writes_the_file_and_reports_parity(tmp_path: Path) -> None:
-    directory = copy_bundle(tmp_path / "cli")
-    result = runner.invoke(app, ["export", "--checkpoint", str(directory), "--format", "onnx"])
-    assert result.exit_code == 0, result.output
-    assert (directory / ONNX_FILE).is_file()
-    output = " ".join(result.output.split())
-    assert "max abs difference" in output and "arg-max agreement 1.0000" in output
-    assert Predictor.load(directory, backend="onnx").backend == "onnx"
-
-
-def test_export_command_refuses_other_formats(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["export", "--checkpoint", str(DEFAULT_BUNDLE), "--format", "tflite"])
-    assert result.exit_code == 1 and "--format must be onnx" in result.output
+def test_export_command_refuses_an_unknown_variant() -> None:
+    result = runner.invoke(app, ["export", "--checkpoint", str(DEFAULT_BUNDLE), "--variant", "tflite"])
+    assert result.exit_code == 1 and "unknown variant 'tflite'" in " ".join(result.output.split())
 
 
 # --- without the [onnx] extra ---------------------------------------------------------------------------
@@ -244,25 +241,25 @@ def uninstall(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
         monkeypatch.setitem(sys.modules, module, None)
 
 
-def test_the_default_path_predicts_without_the_onnx_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    directory = copy_bundle(tmp_path / "plain")  # as the bundled model ships: no model.onnx
+def test_the_default_path_predicts_without_the_onnx_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh install without the [onnx] extra: the bundled model's ONNX default cannot run, so float32 runs."""
     uninstall(monkeypatch, *ONNX_PACKAGES)
-    predictor = Predictor.load(directory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the fallback's warning, when the default is an ONNX variant
+        predictor = Predictor.load()
     assert predictor.backend == "torch" and predictor.predict(lesion(0)).referral.level
 
 
-def test_backend_onnx_without_onnxruntime_names_the_extra(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_onnx_variant_without_onnxruntime_names_the_extra(shipped: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = shipped.metadata.default_variant
+    if VARIANTS[name].engine != "onnxruntime":
+        pytest.skip(f"the default variant {name} needs no onnxruntime")
     uninstall(monkeypatch, "onnxruntime")
     with pytest.raises(MissingExtraError, match="the ONNX backend needs onnxruntime") as raised:
-        Predictor.load(exported, backend="onnx")
+        Predictor.load(variant=name)
     assert "pip install 'skintriage[onnx]'" in str(raised.value)
-
-
-def test_backend_auto_without_onnxruntime_warns_and_uses_torch(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uninstall(monkeypatch, "onnxruntime")
-    with pytest.warns(UserWarning, match=r"using the PyTorch model: .*skintriage\[onnx\]"):
-        predictor = Predictor.load(exported, backend="auto")
-    assert predictor.backend == "torch" and "skintriage[onnx]" in predictor.backend_choice.reason
+    with pytest.warns(UserWarning, match=r"instead of the default variant .*skintriage\[onnx\]"):
+        assert Predictor.load().variant == REFERENCE
 
 
 @pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
@@ -271,7 +268,7 @@ def test_export_command_without_the_exporter_names_the_extra(
 ) -> None:
     directory = copy_bundle(tmp_path / "cli")
     uninstall(monkeypatch, missing)
-    result = runner.invoke(app, ["export", "--checkpoint", str(directory)])
+    result = runner.invoke(app, ["export", "--checkpoint", str(directory), "--variant", "onnx-float32"])
     output = " ".join(result.output.split())
     assert result.exit_code == 1 and "error: skintriage export" in output and f"needs {missing}," in output
     assert "pip install 'skintriage[onnx]'" in output and not (directory / ONNX_FILE).exists()
@@ -292,19 +289,33 @@ def test_onnx_matches_pytorch_on_every_image_of_the_isic2018_test_set(bundle: Bu
     assert result.argmax_disagreements == 0
 
 
-def test_onnx_and_torch_predictors_give_the_same_referral_on_real_images(exported: Path) -> None:
+def test_the_default_and_float32_predictors_agree_on_real_images(shipped: Bundle) -> None:
+    """Each with its own thresholds, as users get them: the same level on two images of each ISIC diagnosis
+    and four DermNet photos (the validation-wide agreement is in model.json's parity report)."""
     root = shared_data(ISIC_ROOT)
     frame = get_source("isic2018_test").load(root).frame
     chosen = frame.groupby("diagnosis", sort=True).head(2)  # two images of each diagnosis
     files = [root / image for image in chosen["image"]]
     dermnet = shared_data("dermnet_clinical") / "images"
     files += sorted(p for p in dermnet.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:4]
-    on_torch = list(Predictor.load(exported, backend="torch").predict_files(files, batch_size=8))
-    on_onnx = list(Predictor.load(exported, backend="onnx").predict_files(files, batch_size=8))
-    assert len(on_torch) == len(on_onnx) == len(files)
-    for a, b in zip(on_torch, on_onnx, strict=True):
-        assert a.file == b.file
-        assert a.referral.level == b.referral.level, a.file
-        assert [r.rule for r in a.referral.reasons] == [r.rule for r in b.referral.reasons], a.file
-        assert a.class_call == b.class_call, a.file
-        assert abs(a.malignancy_probability - b.malignancy_probability) <= PARITY_TOLERANCE, a.file
+    on_torch = list(Predictor.load(variant=REFERENCE).predict_files(files, batch_size=8))
+    on_default = list(Predictor.load().predict_files(files, batch_size=8))
+    assert len(on_torch) == len(on_default) == len(files)
+    agreeing = sum(a.referral.level == b.referral.level for a, b in zip(on_torch, on_default, strict=True))
+    assert agreeing >= len(files) - 1, f"{agreeing} of {len(files)} levels agree"
+
+
+def test_onnx_runtime_telemetry_is_off_and_leaves_no_file(tmp_path: Path) -> None:
+    """ONNX Runtime's Linux builds send usage telemetry by default and keep a session file in the temporary
+    folder; importing skintriage turns that off before onnxruntime loads (the demo sends no analytics)."""
+    script = (
+        "import os, skintriage; from skintriage.inference.predictor import Predictor; "
+        "p = Predictor.load(variant='onnx-float32'); print(os.environ['ORT_DISABLE_TELEMETRY'], p.variant)"
+    )
+    if (read_metadata(DEFAULT_BUNDLE).variants or {}).get("onnx-float32") is None:
+        pytest.skip("the bundled model has no onnx-float32 variant")
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"} | {"TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "onnx-float32"]
+    assert not [p.name for p in tmp_path.iterdir() if not p.name.startswith("torchinductor_")]  # torch's cache

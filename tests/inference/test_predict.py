@@ -327,7 +327,7 @@ def typed_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def typed(typed_bundle: Path) -> Predictor:
-    return Predictor.load(typed_bundle, backend="torch")
+    return Predictor.load(typed_bundle, variant="torch-float32")
 
 
 def edited_copy(bundle: Path, tmp_path: Path, edit) -> Path:
@@ -396,7 +396,7 @@ def test_the_same_bundle_without_per_type_parts_predicts_with_the_pooled_values(
     def strip(metadata: dict) -> None:
         del metadata["calibration"]["by_acquisition"], metadata["acquisition_classifier"]
 
-    old = Predictor.load(edited_copy(typed_bundle, tmp_path, strip), backend="torch")
+    old = Predictor.load(edited_copy(typed_bundle, tmp_path, strip), variant="torch-float32")
     assert old.acquisition_classifier is None and old.calibrations == {} and old.policies == {}
     for acquisition in ("auto", "clinical"):
         prediction = old.predict(lesion(), acquisition=acquisition)
@@ -417,7 +417,7 @@ def test_a_type_that_kept_the_pooled_values_says_so_in_the_reason(typed_bundle, 
         reason = "pooled: only 12 clinical validation images (at least 20 needed)"
         metadata["calibration"]["by_acquisition"]["clinical"] = by_type_entry(1.0, 0.3, 0.6, 100, fallback=reason)
 
-    predictor = Predictor.load(edited_copy(typed_bundle, tmp_path, small_clinical), backend="torch")
+    predictor = Predictor.load(edited_copy(typed_bundle, tmp_path, small_clinical), variant="torch-float32")
     prediction = predictor.predict(lesion(), acquisition="clinical")
     assert prediction.referral.level == "urgent" and prediction.acquisition.referral_threshold == 0.3
     assert "its temperature and thresholds are the pooled ones" in prediction.acquisition.why

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -22,24 +21,15 @@ from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
 from skintriage.cli import app
-from skintriage.data.records import Manifest
-from skintriage.data.sources import get_source
 from skintriage.evaluation.evaluate import evaluate_bundle, write_evaluation
-from skintriage.inference.batch import bundle_dataset, loader_for, predict_outputs
 from skintriage.inference.predictor import Predictor
 from skintriage.model.bundle import (
     ACQUISITION_FILE,
     METADATA_FILE,
     BundleError,
     load_bundle,
-    round_to_bundle,
-    save_bundle,
     sha256_of,
 )
-from skintriage.model.metadata import Calibration
-from skintriage.model.registry import create_model, normalization_for
-from skintriage.training.config import TrainConfig
-from skintriage.training.gates import fit_referral_gates
 from skintriage.triage.acquisition import (
     AcquisitionClassifier,
     acquisition_accuracy,
@@ -50,13 +40,12 @@ from skintriage.triage.acquisition import (
 )
 from skintriage.triage.calibration import (
     AcquisitionCalibration,
-    calibrate,
     calibrate_acquisition,
     probabilities_at_temperature,
     urgent_threshold,
 )
+from tests.helpers.two_types import CLASSES, PER_GROUP, build_two_type_bundle, config_for, write_untyped_folders
 
-CLASSES = ["mel", "nv"]
 runner = CliRunner()
 
 
@@ -220,80 +209,13 @@ def test_an_unknown_request_is_refused_naming_the_choices() -> None:
 
 # --- the gates on a generated two-type dataset, end to end -------------------------------------------------------
 
-COLOURS = {  # (acquisition, label) -> mean colour: the types differ far more than the labels
-    ("dermoscopic", "mel"): (70, 45, 35),
-    ("dermoscopic", "nv"): (110, 75, 50),
-    ("clinical", "mel"): (200, 150, 140),
-    ("clinical", "nv"): (230, 190, 170),
-}
-PER_GROUP = 12  # per (split, acquisition, label): 24 validation images of each type, 12 of them malignant
-
-
-def write_two_type_dataset(root: Path) -> Path:
-    """Images and a folder-source CSV with ``acquisition`` and ``split`` columns."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for split in ("train", "val"):
-        for (kind, label), colour in COLOURS.items():
-            for i in range(PER_GROUP):
-                path = root / split / kind / f"{label}_{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                pixels = np.clip(np.array(colour) + rng.normal(0, 25, size=(40, 48, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(path)
-                rows.append({"image": path.relative_to(root).as_posix(), "label": label, "acquisition": kind,
-                             "split": split})  # fmt: skip
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root / "manifest.csv"
-
-
-def config_for(data_root: Path, source_root: str) -> TrainConfig:
-    return TrainConfig.model_validate(
-        {
-            "name": "two_types",
-            "data_root": str(data_root),
-            "sources": [{"name": "folder", "root": source_root}],
-            "model": "resnet18",
-            "input_size": 32,
-        }
-    )
-
-
-def teach_the_head(bundle, train: Manifest) -> None:
-    """Make a randomly initialised tiny model informative: its head becomes a logistic probe fitted on the
-    training embeddings (a random network's colour features separate these images), rounded as stored."""
-    outputs = predict_outputs(bundle.model, loader_for(bundle_dataset(bundle, train)), embeddings=True)
-    probe = LogisticRegression(C=0.1, max_iter=5000).fit(outputs.embeddings, outputs.labels)  # P(nv)
-    head = bundle.model.head
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(np.stack([np.zeros_like(probe.coef_[0]), probe.coef_[0]])))
-        head.bias.copy_(torch.tensor([0.0, float(probe.intercept_[0])]))
-    round_to_bundle(bundle.model, half=True)
-
 
 @pytest.fixture(scope="module")
 def two_types(tmp_path_factory):
-    """(manifest, config, bundle with a pooled calibration, fitted gates, the saved bundle's folder)."""
-    root = tmp_path_factory.mktemp("two_types")
-    csv = write_two_type_dataset(root / "data" / "images")
-    manifest = get_source("folder").load(root / "data" / "images", metadata=csv)
-    config = config_for(root / "data", "images")
-    torch.manual_seed(0)
-    model = create_model("resnet18", num_classes=2, input_size=32)
-    preprocessing = {"input_size": 32, "normalization": normalization_for("resnet18").to_dict()}
-    metadata = {"name": "two_types", "classes": CLASSES, "preprocessing": preprocessing,
-                "training": {"config": config.model_dump()}}  # fmt: skip
-    directory = save_bundle(root / "bundle", model, metadata, half=True)
-    bundle = load_bundle(directory)
-    split = {name: manifest.where(split=name) for name in ("train", "val")}
-    teach_the_head(bundle, split["train"])
-    val = split["val"]
-    outputs = predict_outputs(bundle.model, loader_for(bundle_dataset(bundle, val)), embeddings=True)
-    calibration = Calibration.model_validate(calibrate(outputs.logits, outputs.labels, CLASSES).to_dict())
-    bundle.metadata = bundle.metadata.model_copy(update={"calibration": calibration})
-    gates = fit_referral_gates(bundle, manifest, config, progress=False)
-    gates.save(directory, bundle.model, bundle.metadata, half=True)
-    kinds = val.frame["acquisition"].to_numpy(dtype=object)[outputs.rows]
-    return manifest, bundle, gates, directory, outputs, kinds, val
+    """(manifest, bundle with a pooled calibration, fitted gates, the saved bundle's folder, validation outputs,
+    their recorded types, the validation manifest)."""
+    built = build_two_type_bundle(tmp_path_factory.mktemp("two_types"))
+    return built.manifest, built.bundle, built.gates, built.directory, built.outputs, built.kinds, built.val
 
 
 def test_the_pooled_calibration_is_kept_and_each_type_gets_its_own(two_types) -> None:
@@ -367,16 +289,6 @@ def test_a_replaced_or_missing_classifier_file_is_refused(two_types, tmp_path: P
     (copy / ACQUISITION_FILE).unlink()
     with pytest.raises(BundleError, match=f"lists an acquisition classifier but has no {ACQUISITION_FILE}"):
         load_bundle(copy)
-
-
-def write_untyped_folders(root: Path) -> None:
-    """Class folders without acquisition types (what a folder source in a training config reads)."""
-    rng = np.random.default_rng(1)
-    for label, colour in (("mel", (90, 50, 40)), ("nv", (150, 110, 70))):
-        for i in range(16):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 30, size=(40, 48, 3)), 0, 255).astype(np.uint8)
-            (root / label).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
 
 
 def test_fit_gates_refits_the_per_type_part_and_keeps_the_pooled_temperature(two_types, tmp_path: Path) -> None:

@@ -201,7 +201,7 @@ def test_quantile_one_half_is_accepted_as_the_median() -> None:
 def test_tensors_and_summary_round_trip_through_from_bundle_parts(fitted) -> None:
     gate, val_x, val_p = fitted
     tensors = gate.tensors()
-    assert tensors["class_means"].dtype == torch.float32 and tensors["precision"].shape == (6, 6)
+    assert tensors["class_means"].dtype == torch.float32 and tensors["precision_upper"].shape == (6 * 7 // 2,)
     summary = gate.summary()
     assert summary["method"] == METHOD
     again = UncertaintyGate.from_bundle_parts(tensors, summary)
@@ -297,3 +297,14 @@ def test_a_deleted_uncertainty_file_is_refused_naming_it(bundle_copy: Path) -> N
 def test_uncertainty_result_is_a_plain_record() -> None:
     u = Uncertainty(1.2, 60.0, 50.0, 0.3, 0.75, True, False)
     assert u.cannot_assess and u.to_dict()["ood_distance"] == 60.0
+
+
+def test_the_stored_upper_triangle_gives_back_the_matrix_bit_for_bit_and_older_full_matrices_still_load(fitted) -> None:
+    gate, _, _ = fitted
+    stored = gate.tensors()
+    again = UncertaintyGate.from_bundle_parts(stored, gate.summary())
+    assert np.array_equal(again.precision, gate.precision.astype(np.float32).astype(np.float64))
+    full = {"class_means": stored["class_means"], "precision": torch.from_numpy(gate.precision.astype(np.float32))}
+    assert np.array_equal(UncertaintyGate.from_bundle_parts(full, gate.summary()).precision, again.precision)
+    with pytest.raises(ValueError, match="precision_upper holds 20 values; a 6-d embedding needs 21"):
+        UncertaintyGate.from_bundle_parts({**stored, "precision_upper": stored["precision_upper"][:20]}, gate.summary())

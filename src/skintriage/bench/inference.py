@@ -1,4 +1,4 @@
-"""Prediction benchmarks: single-image latency of the demo's path, folder throughput, and ONNX vs PyTorch.
+"""Prediction benchmarks: single-image latency of the demo's path, folder throughput, and the deployment variants.
 
 *Latency* times what the demo does with an upload: the JPEG's bytes through
 :func:`~skintriage.data.images.decode_image` and :meth:`Predictor.predict` (preprocessing, forward pass,
@@ -14,21 +14,20 @@ channels-last, to show what batching and memory format are worth on this machine
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import torch
 
 from skintriage.bench import references
 from skintriage.bench.samples import ImageSet
-from skintriage.common.extras import ONNX_EXTRA, MissingExtraError, import_optional
+from skintriage.common.extras import MissingExtraError
 from skintriage.common.timing import interleaved, ratio
 from skintriage.data.images import ImageDecodeError, decode_image
 from skintriage.inference.batch import bundle_normalization, forward
 from skintriage.inference.explain import saliency
-from skintriage.inference.export import export_onnx
 from skintriage.inference.predictor import FileError, Predictor
-from skintriage.model.bundle import load_bundle
+from skintriage.inference.variants import REFERENCE, torch_forward
+from skintriage.model.bundle import BundleError, load_bundle, read_metadata
 
 LATENCY_TARGETS_MS = {"without_saliency": 50.0, "with_saliency": 150.0}
 THROUGHPUT_TARGET_RATIO = 3.0
@@ -189,56 +188,83 @@ def forward_layouts(
     return {name: timing.per_second for name, timing in timings.items()}
 
 
-def onnx_comparison(
+def variant_comparison(
     bundle_path: Path,
     images: ImageSet,
     *,
-    scratch: Path,
     warmup: int,
     repeats: int,
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict:
-    """Latency (no saliency) and folder throughput of the ONNX backend vs the PyTorch one, side by side.
-
-    Exports a copy of the bundle (the bundle itself is left untouched). Returns ``{"skipped": why}`` when
-    onnxruntime or the exporter's onnx / onnxscript is not installed (the optional ``[onnx]`` extra).
-    """
-    try:
-        import_optional("onnxruntime", extra=ONNX_EXTRA, needed_for="the ONNX benchmark")
-        copied = scratch / "onnx_bundle"
-        shutil.rmtree(copied, ignore_errors=True)
-        shutil.copytree(bundle_path, copied)
-        onnx_file = export_onnx(load_bundle(copied))
-    except MissingExtraError as error:
-        return {"skipped": str(error)}
-    backends = {name: Predictor.load(copied, backend=name) for name in ("torch", "onnx")}
+    """Every variant the bundle is calibrated for, side by side: demo-path latency and folder throughput, each
+    with its own thresholds, plus the parity its export recorded and whether bfloat16 pays on this CPU."""
+    metadata = read_metadata(bundle_path)
+    predictors, skipped = {}, {}
+    for name in [REFERENCE, *(metadata.variants or {})]:
+        try:
+            predictors[name] = Predictor.load(bundle_path, variant=name)
+        except (BundleError, MissingExtraError) as error:
+            skipped[name] = str(error)
     blobs = [path.read_bytes() for path in images.paths]
 
     def predict_one(name: str, round_: int) -> None:
-        backends[name].predict(decode_image(blobs[round_ % len(blobs)], name="upload.jpg"))
+        predictors[name].predict(decode_image(blobs[round_ % len(blobs)], name="upload.jpg"))
 
     single = interleaved(
-        {name: (lambda r, name=name: predict_one(name, r)) for name in backends},
+        {name: (lambda r, name=name: predict_one(name, r)) for name in predictors},
         warmup=warmup,
         repeats=repeats,
-        description="onnx latency",
+        description="variants latency",
         progress=progress,
     )
     folder = interleaved(
-        {name: (lambda r, name=name: _consume_files(backends[name], images.paths, batch_size)) for name in backends},
+        {
+            name: (lambda r, name=name: _consume_files(predictors[name], images.paths, batch_size))
+            for name in predictors
+        },
         warmup=1,
         repeats=max(1, repeats // 10),
-        items=dict.fromkeys(backends, len(images.paths)),
-        description="onnx throughput",
+        items=dict.fromkeys(predictors, len(images.paths)),
+        description="variants throughput",
         progress=progress,
     )
-    result = {
-        "onnx_file": str(onnx_file.name),
-        "backend_reported": {name: getattr(p, "backend", name) for name, p in backends.items()},
-        "latency": {name: single[name].latency_ms() for name in backends},
-        "throughput": {name: folder[name].throughput() for name in backends},
+    recorded = {}
+    for name, entry in (metadata.variants or {}).items():
+        validation = entry.parity["sets"]["validation"] if entry.parity else {}
+        recorded[name] = {
+            "admissible": entry.admissible,
+            "verdict": entry.verdict,
+            "validation_level_agreement": validation.get("level_agreement"),
+            "validation_max_abs_probability": validation.get("max_abs_probability"),
+        }
+    reference = predictors[REFERENCE].bundle.model
+    size = metadata.preprocessing.input_size
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    forwards = {p: torch_forward(reference, precision=p) for p in ("float32", "bfloat16")}
+    precisions = interleaved(
+        {p: (lambda _, f=f: f(pixels)) for p, f in forwards.items()},
+        warmup=1,
+        repeats=max(3, repeats // 10),
+        description="bfloat16",
+        progress=progress,
+    )
+    return {
+        "images": images.origin,
+        "default_variant": metadata.default_variant or REFERENCE,
+        "skipped": skipped,
+        "latency": {name: single[name].latency_ms() for name in predictors},
+        "throughput": {name: folder[name].throughput() for name in predictors},
+        "recorded": recorded,
+        "torch_forward_batch_1_ms": {p: round(1e3 * t.p50, 2) for p, t in precisions.items()},
+        "cpu_has_native_bfloat16": native_bfloat16(),
     }
-    result["latency_ratio_p50"] = ratio(single["torch"].p50, single["onnx"].p50)  # > 1: ONNX is faster
-    result["throughput_ratio"] = ratio(folder["onnx"].per_second, folder["torch"].per_second)
-    return result
+
+
+def native_bfloat16() -> bool | None:
+    """Whether the CPU has bfloat16 instructions (AVX-512 BF16 or AMX); ``None`` where /proc/cpuinfo is absent."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))

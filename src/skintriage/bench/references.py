@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -75,10 +74,9 @@ class ImageFolderDataset(Dataset):
 
 
 def training_setup(
-    paths: Sequence[Path], labels: Sequence[int], *, num_classes: int, size: int, batch_size: int, lr: float = 1e-3
+    model: nn.Module, paths: Sequence[Path], labels: Sequence[int], *, size: int, batch_size: int, lr: float = 1e-3
 ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
-    """A torchvision ResNet-18, Adam and a shuffling ``DataLoader`` with default settings (no workers)."""
-    model = torchvision.models.resnet18(num_classes=num_classes)
+    """``model`` (the same architecture ours trains), Adam and a shuffling ``DataLoader`` with default settings."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loader = DataLoader(
         ImageFolderDataset(paths, labels, size=size), batch_size=batch_size, shuffle=True, drop_last=True

@@ -121,23 +121,36 @@ def throughput_markdown(section: dict) -> list[str]:
     return [*lines, ""]
 
 
-def onnx_markdown(section: dict) -> list[str]:
-    lines = ["## ONNX Runtime vs PyTorch", ""]
-    if "skipped" in section:
-        return [*lines, f"Skipped: {section['skipped']}", ""]
-    lines += [
-        "| backend | latency p50 ms | latency p95 ms | folder images/s |",
-        "|---|---:|---:|---:|",
+def variants_markdown(section: dict) -> list[str]:
+    lines = [
+        "## Deployment variants, each at the thresholds fitted for it",
+        "",
+        f"Default variant (`Predictor.load()`, the demo, `skintriage predict`): **{section['default_variant']}**. "
+        "Latency: bytes -> decode -> predict, batch 1, no saliency; folder: `predict_files`, batch 32. Parity: what "
+        "`skintriage export --variant` recorded against PyTorch float32 on the validation split.",
+        "",
+        "| variant | latency p50 ms | latency p95 ms | folder images/s | validation level agreement | max abs dp | "
+        "admissible |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for name in ("torch", "onnx"):
-        latency, throughput = section["latency"][name], section["throughput"][name]
+    for name, latency in section["latency"].items():
+        throughput = section["throughput"][name]
+        recorded = section["recorded"].get(name)
+        agreement = "reference" if recorded is None else f"{recorded['validation_level_agreement']:.2%}"
+        moved = "" if recorded is None else f"{recorded['validation_max_abs_probability']:.1e}"
+        admissible = "" if recorded is None else _ok(bool(recorded["admissible"]))
         lines.append(
-            f"| {name} | {_f(latency['p50_ms'])} | {_f(latency['p95_ms'])} | {_f(throughput['images_per_s'])} |"
+            f"| {name} | {_f(latency['p50_ms'])} | {_f(latency['p95_ms'])} | {_f(throughput['images_per_s'])} | "
+            f"{agreement} | {moved} | {admissible} |"
         )
+    for name, why in section["skipped"].items():
+        lines.append(f"| {name} | not run here: {why} | | | | | |")
+    bf16 = section["torch_forward_batch_1_ms"]
+    native = {True: "has", False: "lacks", None: "may lack"}[section["cpu_has_native_bfloat16"]]
     lines += [
         "",
-        f"Latency p50 torch / onnx: {section['latency_ratio_p50']:.2f}x; throughput onnx / torch: "
-        f"{section['throughput_ratio']:.2f}x (above 1: ONNX is faster).",
+        f"PyTorch batch-1 forward: float32 {_f(bf16['float32'], 2)} ms, bfloat16 autocast {_f(bf16['bfloat16'], 2)} ms "
+        f"(this CPU {native} native bfloat16 instructions).",
         "",
     ]
     return lines
@@ -164,6 +177,15 @@ def training_markdown(section: dict) -> list[str]:
         "(1.0 = the data pipeline costs nothing).",
         "",
     ]
+    bf16 = section.get("bfloat16_autocast") or {}
+    if "skipped" in bf16:
+        lines += [f"bfloat16 autocast: not timed: {bf16['skipped']}.", ""]
+    elif bf16:
+        lines += [
+            f"Model only under bfloat16 autocast: {_f(bf16['bfloat16']['images_per_s'])} images/s vs float32 "
+            f"{_f(bf16['float32']['images_per_s'])}.",
+            "",
+        ]
     return lines
 
 
@@ -190,7 +212,7 @@ def scaling_markdown(section: dict) -> list[str]:
 SECTION_WRITERS = {
     "latency": latency_markdown,
     "throughput": throughput_markdown,
-    "onnx": onnx_markdown,
+    "variants": variants_markdown,
     "training": training_markdown,
     "scaling": scaling_markdown,
 }
@@ -210,7 +232,7 @@ def markdown(results: dict) -> str:
         f"{machine['torch_threads']} threads (load average at start: "
         f"{_loads(machine['load_average_at_start'])}, at end: {_loads(results.get('load_average_at_end'))}; "
         "a load above the core count means other work shared the cores and the figures are pessimistic). "
-        f"Prediction backend: {results.get('backend', 'torch')}. Total time: {results['seconds']:.0f} s.",
+        f"Default variant: {results.get('variant', 'torch-float32')}. Total time: {results['seconds']:.0f} s.",
         "",
     ]
     for name, writer in SECTION_WRITERS.items():

@@ -24,8 +24,8 @@ from skintriage.common.paths import CHECKOUT_ROOT, DEFAULT_BUNDLE
 from skintriage.inference.predictor import Predictor
 from skintriage.training.config import load_config
 
-SECTIONS = ("latency", "throughput", "onnx", "training", "scaling")
-DEFAULT_CONFIG = CHECKOUT_ROOT / "configs" / "benchmark_cpu.yaml"
+SECTIONS = ("latency", "throughput", "variants", "training", "scaling")
+DEFAULT_CONFIG = CHECKOUT_ROOT / "configs" / "pretrained_lite0.yaml"  # the bundled model's recipe
 DEFAULT_OUT = Path("experiments/performance")
 
 
@@ -39,7 +39,7 @@ class Settings:
     folder_images: int = 256
     folder_warmup: int = 1
     folder_repeats: int = 5
-    onnx_repeats: int = 50
+    variant_repeats: int = 50
     training_steps: int = 3
     training_warmup: int = 1
     training_repeats: int = 3
@@ -59,7 +59,7 @@ QUICK = Settings(
     folder_images=8,
     folder_warmup=1,
     folder_repeats=1,
-    onnx_repeats=2,
+    variant_repeats=2,
     training_steps=1,
     training_warmup=1,
     training_repeats=1,
@@ -116,8 +116,8 @@ def run_suite(
         "sections": {},
         "seconds": 0.0,
     }
-    predictor = Predictor.load(bundle)  # as the demo loads it (backend "auto" where the predictor has the option)
-    results["backend"] = getattr(predictor, "backend", "torch")
+    predictor = Predictor.load(bundle)  # as the demo loads it: the bundle's default variant
+    results["variant"] = predictor.variant
     with tempfile.TemporaryDirectory(prefix="skintriage-bench-") as scratch_name:
         scratch = Path(scratch_name)
         count = max(settings.latency_images, settings.folder_images)
@@ -139,12 +139,11 @@ def run_suite(
                 repeats=settings.folder_repeats,
                 progress=progress,
             ),
-            "onnx": lambda: inference.onnx_comparison(
+            "variants": lambda: inference.variant_comparison(
                 bundle,
                 folder_set,
-                scratch=scratch,
                 warmup=settings.latency_warmup,
-                repeats=settings.onnx_repeats,
+                repeats=settings.variant_repeats,
                 progress=progress,
             ),
             "training": lambda: training.training_throughput(

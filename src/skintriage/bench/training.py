@@ -6,8 +6,8 @@ dataset with its decode cache, channels-last model, EMA, optimiser, sampler), ov
 ``steps x batch_size`` images, so one call is ``steps`` optimiser steps. The decode cache is filled
 before timing, as it is from the second epoch of a real run on.
 
-*Reference* is :mod:`skintriage.bench.references`' MedMNIST-style loop on the same files: PIL +
-torchvision transforms from disk every step, a default DataLoader, Adam, no EMA.
+*Reference* is :mod:`skintriage.bench.references`' MedMNIST-style loop on the same files and the same
+architecture: PIL + torchvision transforms from disk every step, a default DataLoader, Adam, no EMA.
 
 *Model only* is forward + backward + optimiser step + EMA update of the same architecture on a fixed,
 pre-made batch: the ceiling for any data pipeline. ``ours / model_only`` close to 1 shows the data
@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from skintriage.bench import references
+from skintriage.bench.inference import native_bfloat16
 from skintriage.bench.samples import TrainingImages
 from skintriage.common.errors import InsufficientDataError
 from skintriage.common.timing import interleaved, ratio
@@ -54,7 +55,7 @@ def build_run(config: TrainConfig, training: TrainingImages, *, device: torch.de
     return train.build_run(config, train_set=train_set, val_loader=DataLoader([]), device=device, progress=False)
 
 
-def model_only_step(config: TrainConfig, *, num_classes: int, device: torch.device):
+def model_only_step(config: TrainConfig, *, num_classes: int, device: torch.device, bfloat16: bool = False):
     """A closure running one optimiser step of a fresh model on a fixed batch (channels-last, EMA, AdamW)."""
     model = create_model(config.model, num_classes=num_classes, input_size=config.input_size, stem=config.stem)
     model = model.to(device).to(memory_format=torch.channels_last).train()
@@ -66,7 +67,8 @@ def model_only_step(config: TrainConfig, *, num_classes: int, device: torch.devi
     labels = torch.randint(0, num_classes, (config.batch_size,), generator=generator).to(device)
 
     def step() -> None:
-        loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
+            loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -89,9 +91,11 @@ def training_throughput(
         run.train_set.pixels(row)
     paths = [Path(training.manifest.root) / location for location in training.manifest.frame["image"]]
     reference_model, reference_optimizer, reference_loader = references.training_setup(
+        create_model(
+            config.model, num_classes=run.train_set.num_classes, input_size=config.input_size, stem=config.stem
+        ),
         paths,
         run.train_set.labels.tolist(),
-        num_classes=run.train_set.num_classes,
         size=config.input_size,
         batch_size=config.batch_size,
     )
@@ -134,4 +138,30 @@ def training_throughput(
         "meets_target": ratio(ours, reference) >= TRAINING_TARGET_RATIO,
         "ours_over_model_only": ratio(ours, ceiling),
         "device": str(device),
+        "bfloat16_autocast": bfloat16_model_only(
+            config, run, device=device, steps=steps, warmup=warmup, repeats=repeats
+        ),
     }
+
+
+def bfloat16_model_only(
+    config: TrainConfig, run: Run, *, device: torch.device, steps: int, warmup: int, repeats: int
+) -> dict:
+    """Model-only images/s under bfloat16 autocast next to float32, where the hardware has bfloat16 (a CUDA GPU
+    or a CPU with AVX-512 BF16 / AMX); elsewhere why it was not timed (emulated bfloat16 is many times slower)."""
+    if device.type == "cpu" and not native_bfloat16():
+        return {"skipped": "this CPU has no native bfloat16 instructions (AVX-512 BF16 or AMX); emulated bfloat16 "
+                "is many times slower (the variants section times the forward pass)"}  # fmt: skip
+    steps_by_precision = {
+        name: model_only_step(config, num_classes=run.train_set.num_classes, device=device, bfloat16=name == "bfloat16")
+        for name in ("float32", "bfloat16")
+    }
+    timings = interleaved(
+        {name: (lambda _, step=step: [step() for _ in range(steps)]) for name, step in steps_by_precision.items()},
+        warmup=warmup,
+        repeats=repeats,
+        items=dict.fromkeys(steps_by_precision, steps * config.batch_size),
+        description="bfloat16",
+        progress=False,
+    )
+    return {name: timing.throughput() for name, timing in timings.items()}

@@ -7,7 +7,7 @@ way) followed by the evaluation preset (short side to ``input_size``, centre cro
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +55,13 @@ def predict_outputs(
     embeddings: bool = False,
     progress: bool = False,
     description: str = "predicting",
+    engine: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Outputs:
-    """Logits (and optionally head-input embeddings) over a loader of ``(image, label, row)`` batches."""
+    """Logits (and optionally head-input embeddings) over a loader of ``(image, label, row)`` batches.
+
+    ``engine``: another forward pass of the same network (pixels -> logits, embedding; an ONNX variant, a
+    bfloat16 one; see :mod:`skintriage.inference.variants`) to run instead of ``model``'s.
+    """
     model.eval()
     logits, labels, rows, embedded = [], [], [], []
     channels_last = torch.device(device).type == "cuda"
@@ -64,7 +69,11 @@ def predict_outputs(
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if embeddings:
+        if engine is not None:
+            batch_logits, batch_embedding = engine(images)
+            if embeddings:
+                embedded.append(batch_embedding.float().cpu())
+        elif embeddings:
             batch_logits, batch_embedding = forward(model, images)
             embedded.append(batch_embedding.float().cpu())
         else:

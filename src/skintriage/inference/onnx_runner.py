@@ -10,8 +10,9 @@ ONNX file is not. The exporter therefore writes into the ONNX metadata the SHA-2
 it was made from (``model.json``'s ``weights_sha256``), the input size, the classes and the opset, and
 :meth:`OnnxRunner.load` refuses a file whose record does not match the bundle, or that onnxruntime
 cannot read (e.g. truncated), with a message naming the file and saying how to re-export it. Because
-metadata can be right while the graph is not (a file edited by hand), :func:`compare_outputs` lets the
-loader also check the numbers against PyTorch on one input (see :mod:`skintriage.inference.backend`).
+metadata can be right while the graph is not (a file edited by hand), the variant's entry in
+``model.json`` also records the file's SHA-256 (:mod:`skintriage.inference.variants`), and
+:func:`parity` compares the numbers with PyTorch for the export's report.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class OnnxModelError(BundleError):
 
 
 def export_hint(bundle_path: Path) -> str:
-    return f"re-export it with `skintriage export --checkpoint {bundle_path} --format onnx`, or delete it"
+    return f"re-export it with `skintriage export --checkpoint {bundle_path} --variant onnx-float32`, or delete it"
 
 
 class OnnxRunner:
@@ -75,8 +76,9 @@ class OnnxRunner:
         path = Path(path)
         if not path.is_file():
             raise OnnxModelError(
-                f"{path} does not exist; create it with `skintriage export --checkpoint {bundle.path} --format onnx`"
+                f"{path} does not exist; create it with `skintriage export --checkpoint {bundle.path} --variant onnx-float32`"
             )
+        ort.disable_telemetry_events()  # ORT_DISABLE_TELEMETRY (set by ``import skintriage``) already stops them
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

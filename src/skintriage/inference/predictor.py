@@ -8,9 +8,11 @@ the referral engine with that type's thresholds and, on request, Grad-CAM. A bun
 per-acquisition calibration uses its pooled temperature and thresholds, as before. It keeps no state
 between calls, so one predictor serves concurrent requests.
 
-The plain forward pass runs on PyTorch or, when the bundle holds an exported ``model.onnx``, on
-onnxruntime (``backend``; see :mod:`skintriage.inference.backend`, "auto" measures which is faster). Saliency
-always runs on the PyTorch model: Grad-CAM needs its gradients.
+The plain forward pass runs on the chosen *variant* (engine and precision: PyTorch float32, PyTorch
+bfloat16, ONNX Runtime float32 or int8; see :mod:`skintriage.inference.variants`), and the calibration and
+thresholds are the ones fitted at that variant's precision ("auto": the bundle's recorded default).
+Saliency always runs on the PyTorch float32 model (Grad-CAM needs its gradients); with another variant
+the probabilities still come from the variant's own forward pass, so they match its thresholds.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from skintriage.data.dataset import prepare_pixels
 from skintriage.data.images import ImageDecodeError, decode_image
 from skintriage.data.prefetch import prefetch_decoded
 from skintriage.data.taxonomy import DIAGNOSES, TriageGroup, malignancy_probability, malignant_indices
-from skintriage.inference.backend import Backend, BackendChoice, choose_backend
+from skintriage.inference.backend import AUTO as AUTO_VARIANT
+from skintriage.inference.backend import BackendChoice, choose_backend
 from skintriage.inference.batch import decision_prior, eval_preset, forward
 from skintriage.inference.explain import crop_box, overlay, saliency
+from skintriage.inference.variants import REFERENCE, calibrated_at
 from skintriage.metrics import decision_probabilities
 from skintriage.model.bundle import Bundle, load_bundle
 from skintriage.triage.acquisition import (
@@ -67,6 +71,7 @@ class Prediction:
     heatmap: np.ndarray | None = None  # Grad-CAM of the malignancy probability on the model input, when asked for
     acquisition: AcquisitionUsed | None = None  # the type the image was taken to be, and the calibration it selected
     saliency_grid: tuple[int, int] | None = None  # (rows, columns) of the feature map the heatmap came from
+    variant: str | None = None  # the engine and precision that computed it, whose thresholds it was judged by
 
     @property
     def saliency_note(self) -> str | None:
@@ -120,6 +125,7 @@ class Prediction:
             ],
             "guidance_topics": self.guidance_topics,
             "acquisition": None if self.acquisition is None else self.acquisition.to_dict(),
+            "variant": self.variant,
             "saliency": self.saliency_note,
             "limits": self.referral.limits,
             "disclaimer": DISCLAIMER,
@@ -139,8 +145,10 @@ class FileError:
 
 class Predictor:
     def __init__(self, bundle: Bundle, *, backend: BackendChoice | None = None):
+        self.backend_choice = backend or BackendChoice(REFERENCE, "no variant was chosen (PyTorch float32)")
+        # the calibration, thresholds and gates fitted at the chosen variant's precision (same model object)
+        bundle = calibrated_at(bundle, self.backend_choice.variant)
         self.bundle = bundle
-        self.backend_choice = backend or BackendChoice("torch", "no backend was chosen (the PyTorch model)")
         self.classes = bundle.classes
         self.preset = eval_preset(bundle)
         self.device = next(bundle.model.parameters()).device
@@ -160,26 +168,32 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, path: Path | str | None = None, *, device: str | torch.device = "cpu", backend: Backend = "auto"
+        cls, path: Path | str | None = None, *, device: str | torch.device = "cpu", variant: str = AUTO_VARIANT
     ) -> Predictor:
         """The bundled model by default (``skintriage/model/default``, package data).
 
-        ``backend``: "torch", "onnx" (the bundle's ``model.onnx``; an error if it is missing or stale) or
-        "auto" (ONNX only when its file is valid and measured faster here; see :mod:`skintriage.inference.backend`).
+        ``variant``: "auto" (the bundle's recorded default, PyTorch float32 with a warning where it cannot run)
+        or a variant by name ("torch-float32", "onnx-int8", ...; an error if the bundle was not calibrated
+        for it or its file is missing or changed; see :mod:`skintriage.inference.backend`).
         """
         bundle = load_bundle(DEFAULT_BUNDLE if path is None else path, device=device)
         bundle.model.to(memory_format=torch.channels_last)  # 12-16% faster on CPU (experiments/performance)
-        return cls(bundle, backend=choose_backend(bundle, backend))
+        return cls(bundle, backend=choose_backend(bundle, variant))
+
+    @property
+    def variant(self) -> str:
+        """The variant of the plain forward pass, e.g. "onnx-int8" (``backend_choice.reason`` says why)."""
+        return self.backend_choice.variant
 
     @property
     def backend(self) -> str:
-        """The engine of the plain forward pass: "torch" or "onnx" (``backend_choice.reason`` says why)."""
-        return self.backend_choice.name
+        """The engine of the plain forward pass: "torch" or "onnxruntime"."""
+        return self.backend_choice.engine
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, embedding) for a (N, 3, S, S) batch on the chosen backend (no gradients)."""
-        if self.backend_choice.runner is not None:
-            return self.backend_choice.runner(pixels)
+        """(logits, embedding) for a (N, 3, S, S) batch on the chosen variant (no gradients)."""
+        if self.backend_choice.forward is not None:
+            return self.backend_choice.forward(pixels)
         with torch.inference_mode():
             return forward(self.bundle.model, pixels)
 
@@ -202,11 +216,12 @@ class Predictor:
         check_request(acquisition)
         pixels = self.input_tensor(image)
         heatmap, used = None, None
-        if with_saliency:  # one pass gives the heatmap, the logits and the embedding
+        plain = None if with_saliency and self.variant == REFERENCE else self.forward(pixels)
+        if with_saliency:
             # the heatmap explains the malignancy probability at the image's own temperature, so the type comes
-            # first: the caller's, or the classifier's reading of a plain forward pass (one extra pass)
+            # first: the caller's, or the classifier's reading of the plain forward pass
             if acquisition == AUTO and self.acquisition_classifier is not None:
-                used = self.acquisitions(self.forward(pixels)[1], acquisition)
+                used = self.acquisitions((plain or self.forward(pixels))[1], acquisition)
             temperature = (used[0] if used else self._choose(acquisition, None)).temperature
             explained = saliency(  # the malignancy target localises lesions far better than the class
                 self.bundle.model,
@@ -215,10 +230,11 @@ class Predictor:
                 malignant_indices=self.malignant_indices,
                 temperature=temperature,
             )
-            logits, embedding = torch.from_numpy(explained.logits)[None], torch.from_numpy(explained.embedding)[None]
             heatmap = explained.heatmap
-        else:
-            logits, embedding = self.forward(pixels)
+            if plain is None:  # PyTorch float32: the saliency pass computed the same logits and embedding
+                plain = torch.from_numpy(explained.logits)[None], torch.from_numpy(explained.embedding)[None]
+        # other variants: the probabilities come from the precision the thresholds were fitted at
+        logits, embedding = plain
         used = used or self.acquisitions(embedding, acquisition)
         prediction = self._predictions(logits, embedding, [context], [file], [heatmap], used)[0]
         if with_saliency:
@@ -321,6 +337,14 @@ class Predictor:
             predicted = self.acquisition_classifier.predict_many(rows)
         return [self._choose(requested, p) for p in predicted]
 
+    def predictions_for_outputs(self, logits: np.ndarray, embedding: np.ndarray) -> list[Prediction]:
+        """Predictions (no context, no saliency, acquisition "auto") for outputs computed elsewhere: a whole
+        validation set's, to compare the referral levels of two variants image by image."""
+        n = len(logits)
+        return self._predictions(
+            torch.as_tensor(logits), torch.as_tensor(embedding), [None] * n, [None] * n, [None] * n
+        )
+
     # ------------------------------------------------------------------------------------------------
 
     def _choose(self, requested: str, predicted: tuple[str, float] | None) -> AcquisitionUsed:
@@ -368,6 +392,7 @@ class Predictor:
                     guidance_topics=topics_for_differential(d.workup for d in decision.differential),
                     heatmap=heatmap,
                     acquisition=used,
+                    variant=self.variant,
                 )
             )
         return out

@@ -182,9 +182,19 @@ def save_bundle(
             "weights_sha256": sha256_of(weights),
         }
     )
-    text = json.dumps(full.to_json_dict(), indent=2, default=_json_default) + "\n"
-    atomic_write_text(directory / METADATA_FILE, text)
+    write_metadata(directory, full)
     return directory
+
+
+def write_metadata(directory: Path, metadata: BundleMetadata) -> Path:
+    """Rewrite a bundle's ``model.json`` (atomically) without touching its tensor files; returns the file.
+
+    For sections fitted after the weights (deployment variants): the weights' hash is the caller's to keep.
+    """
+    text = json.dumps(metadata.to_json_dict(), indent=2, default=_json_default) + "\n"
+    path = Path(directory) / METADATA_FILE
+    atomic_write_text(path, text)
+    return path
 
 
 def _save_tensors(

@@ -459,6 +459,38 @@ def card_reproduce(meta: Mapping[str, Any]) -> str:
     return text
 
 
+def card_variants(meta: Mapping[str, Any]) -> str | None:
+    """The engines and precisions the bundle is calibrated for, each with its parity against float32."""
+    variants = meta.get("variants") or {}
+    if not variants:
+        return None
+    rows = [["torch-float32", "PyTorch float32", "the reference (the calibration above)", "", "", ""]]
+    for name, entry in variants.items():
+        validation = (entry.get("parity") or {}).get("sets", {}).get("validation", {})
+        rows.append(
+            [
+                name,
+                f"{entry['engine']} {entry['precision']}" + (f" (`{entry['file']}`)" if entry.get("file") else ""),
+                "yes" if entry.get("admissible") else f"no: {entry.get('verdict', '')}",
+                f"{validation['level_agreement']:.2%}" if "level_agreement" in validation else "",
+                f"{validation['max_abs_probability']:.1e}" if "max_abs_probability" in validation else "",
+                f"{entry['speed']['batch_1_ms']:.1f}" if entry.get("speed") else "",
+            ]
+        )
+    return (
+        "## Deployment variants\n\n"
+        f"Default (what the demo and `skintriage predict` run): **{meta.get('default_variant') or 'torch-float32'}**, "
+        "the fastest admissible variant at batch 1 where it was exported. Each variant's temperature and thresholds "
+        "were fitted on its own validation outputs (`skintriage export --variant`); admissible means no validation "
+        "metric worse than float32's 95% CI and referral levels agreeing with float32 on at least 99.5% of "
+        "validation images.\n\n"
+        + markdown_table(
+            header=["variant", "engine", "admissible", "validation level agreement", "max abs dp", "batch-1 ms"],
+            rows=rows,
+        )
+    )
+
+
 def card_title(meta: Mapping[str, Any], *, fallback: str) -> str:
     """A title a person reads: what network, from which weights, trained on which data (the run name after it)."""
     architecture = meta.get("architecture") or {}
@@ -490,10 +522,11 @@ def write_model_card(bundle_dir: Path) -> Path:
         card_training_data(meta),
         card_preprocessing(meta),
         card_calibration(meta),
+        card_variants(meta),
         card_metrics(meta),
         card_limitations(meta),
         card_reproduce(meta),
     ]
     path = bundle_dir / MODEL_CARD_FILE
-    atomic_write_text(path, "\n\n".join(sections) + "\n")
+    atomic_write_text(path, "\n\n".join(section for section in sections if section) + "\n")
     return path

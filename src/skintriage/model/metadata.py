@@ -126,6 +126,41 @@ class AcquisitionClassifierSummary(Section):
     sha256: str | None = None  # of acquisition.safetensors; set by save_bundle when it writes the file
 
 
+ENGINES = ("torch", "onnxruntime")
+PRECISIONS = ("float32", "bfloat16", "int8")
+Engine = Literal["torch", "onnxruntime"]
+Precision = Literal["float32", "bfloat16", "int8"]
+
+
+class VariantUncertainty(Section):
+    """The uncertainty gate's thresholds refitted on a variant's validation outputs (its class statistics are
+    the bundle's, from float32 training embeddings)."""
+
+    ood_threshold: float
+    entropy_threshold: float
+    validation_rates: dict[str, float] | None = None
+
+
+class Variant(Section):
+    """One engine and precision the bundle can run at, with everything fitted on its own validation outputs.
+
+    The bundle's top-level calibration and uncertainty thresholds are the PyTorch float32 variant's; a variant
+    entry carries the same sections fitted at its own precision, so what a user runs is what was validated.
+    """
+
+    engine: Engine
+    precision: Precision
+    file: str | None = None  # the model file in the bundle folder (ONNX variants); None: the PyTorch weights
+    sha256: str | None = None  # of ``file``
+    method: str | None = None  # how the variant was made (quantisation settings), for people
+    calibration: Calibration
+    uncertainty: VariantUncertainty | None = None
+    parity: dict[str, Any] | None = None  # against PyTorch float32: probabilities, referral levels, metrics
+    speed: dict[str, Any] | None = None  # batch-1 and batch-32 forward timings where it was exported
+    admissible: bool | None = None  # meets the default variant's rule (metrics within CIs, level agreement)
+    verdict: str | None = None  # why it is or is not admissible, in words
+
+
 class ModelDescription(Section):
     """What the caller of ``save_bundle`` describes: the model's classes, inputs, provenance, gates and metrics."""
 
@@ -138,6 +173,8 @@ class ModelDescription(Section):
     uncertainty: UncertaintySummary | None = None
     metrics: dict[str, dict[str, Any]] | None = None  # evaluation headlines by test set (evaluation/ owns them)
     acquisition_classifier: AcquisitionClassifierSummary | None = None
+    variants: dict[str, Variant] | None = None  # engines and precisions other than PyTorch float32, each refitted
+    default_variant: str | None = None  # what Predictor.load(variant="auto") runs; None: PyTorch float32
 
 
 class BundleMetadata(ModelDescription):

@@ -153,13 +153,21 @@ def held_out_results(
     config: TrainConfig, bundle: Bundle, manifest: Manifest, *, data_root: Path | None, progress: bool
 ) -> dict[str, EvaluationResult]:
     """The held-out split of the training sources (e.g. ``dermnet_test``), then every ``test_sources`` entry."""
-    results = {}
+    return {
+        name: evaluate_bundle(bundle, test, name=name, progress=progress)
+        for name, test in held_out_manifests(config, manifest, data_root=data_root, progress=progress).items()
+    }
+
+
+def held_out_manifests(
+    config: TrainConfig, manifest: Manifest, *, data_root: Path | None, progress: bool
+) -> dict[str, Manifest]:
+    """The test sets of a training config by name: its sources' held-out split, then each ``test_sources`` entry."""
+    out = {}
     test = manifest.where(split="test")
     if len(test):
-        name = "_".join(sorted(test.frame["source"].unique())) + "_test"
-        results[name] = evaluate_bundle(bundle, test, name=name, progress=progress)
+        out["_".join(sorted(test.frame["source"].unique())) + "_test"] = test
     for source_config in config.test_sources:
         source = get_source(source_config.name)
-        test_manifest = source.load(config.source_root(source_config, data_root), progress=progress).with_images()
-        results[source.name] = evaluate_bundle(bundle, test_manifest, name=source.name, progress=progress)
-    return results
+        out[source.name] = source.load(config.source_root(source_config, data_root), progress=progress).with_images()
+    return out

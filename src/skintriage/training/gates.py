@@ -27,6 +27,7 @@ from skintriage.training.config import TrainConfig
 from skintriage.training.data import training_manifest
 from skintriage.triage.acquisition import acquisition_accuracy, fit_acquisition_classifier, training_problem
 from skintriage.triage.calibration import (
+    calibrate,
     calibrate_by_acquisition,
     probabilities_at_temperature,
     probabilities_at_temperatures,
@@ -145,6 +146,28 @@ def fit_referral_gates(
         acquisition_classifier=classifier_summary,
         acquisition_tensors=classifier_tensors,
     )
+
+
+def calibration_for_outputs(classes: list[str], val: Outputs, val_kinds: np.ndarray, config: TrainConfig) -> dict:
+    """The whole ``calibration`` section fitted afresh on validation outputs: the pooled temperature, referral
+    and urgent thresholds, and the same per acquisition type (what a deployment variant records)."""
+    pooled = calibrate(val.logits, val.labels, classes, target_sensitivity=config.target_sensitivity).to_dict()
+    pooled["urgent"] = urgent_threshold(
+        probabilities_at_temperature(val.logits, pooled["temperature"]),
+        val.labels,
+        classes,
+        target_specificity=config.urgent_specificity,
+    )
+    by_acquisition = calibrate_by_acquisition(
+        val.logits,
+        val.labels,
+        val_kinds,
+        classes,
+        pooled=pooled,
+        target_sensitivity=config.target_sensitivity,
+        target_specificity=config.urgent_specificity,
+    )
+    return {**pooled, "by_acquisition": {kind: c.to_dict() for kind, c in by_acquisition.items()}}
 
 
 def fit_bundle_acquisition_classifier(

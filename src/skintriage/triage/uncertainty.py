@@ -27,7 +27,7 @@ never seen. The gate catches images unlike the training data, not diagnoses unli
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def fit_class_gaussians(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.
     means = np.stack([x[labels == c].mean(axis=0) for c in classes])
     centred = x - means[np.searchsorted(classes, labels)]
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-    return means, precision
+    return means, (precision + precision.T) / 2  # exactly symmetric, so the bundle can store one triangle
 
 
 def mahalanobis_to_nearest_mean(embeddings: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -118,10 +118,18 @@ class UncertaintyGate:
         ]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """What the bundle stores in its uncertainty file (safetensors: tensors only)."""
+        """What the bundle stores in its uncertainty file (safetensors: tensors only).
+
+        The precision matrix is symmetric, so only its upper triangle is stored (row by row): half the
+        file (3.3 instead of 6.6 MB for a 1280-d embedding), and the matrix read back is the same, bit for bit.
+        """
+        precision = self.precision.astype(np.float32)
+        if not np.array_equal(precision, precision.T):
+            raise ValueError("the precision matrix is not symmetric; fit it with fit_class_gaussians")
+        rows, columns = np.triu_indices(len(precision))
         return {
             "class_means": torch.from_numpy(self.class_means.astype(np.float32)),
-            "precision": torch.from_numpy(self.precision.astype(np.float32)),
+            "precision_upper": torch.from_numpy(np.ascontiguousarray(precision[rows, columns])),
         }
 
     def summary(self) -> dict:
@@ -134,16 +142,43 @@ class UncertaintyGate:
             "low_confidence_quantile": self.low_confidence_quantile,
         }
 
+    def refit_thresholds(self, embeddings: np.ndarray, probabilities: np.ndarray) -> UncertaintyGate:
+        """The same class statistics with both thresholds refitted at the same quantiles of other validation
+        outputs (the same images computed at another precision: see ``inference.variants``)."""
+        return replace(
+            self,
+            ood_threshold=float(
+                np.quantile(
+                    mahalanobis_to_nearest_mean(embeddings, self.class_means, self.precision), self.ood_quantile
+                )
+            ),
+            entropy_threshold=float(np.quantile(normalised_entropy(probabilities), self.low_confidence_quantile)),
+        )
+
     @classmethod
     def from_bundle_parts(cls, tensors: Mapping[str, torch.Tensor], summary: Mapping) -> UncertaintyGate:
         return cls(
             class_means=tensors["class_means"].double().numpy(),
-            precision=tensors["precision"].double().numpy(),
+            precision=_precision_matrix(tensors, width=tensors["class_means"].shape[1]),
             ood_threshold=float(summary["ood_threshold"]),
             entropy_threshold=float(summary["entropy_threshold"]),
             ood_quantile=float(summary["ood_quantile"]),
             low_confidence_quantile=float(summary["low_confidence_quantile"]),
         )
+
+
+def _precision_matrix(tensors: Mapping[str, torch.Tensor], *, width: int) -> np.ndarray:
+    """The (D, D) precision from its stored upper triangle (or, in bundles written before, the full matrix)."""
+    if "precision" in tensors:
+        return tensors["precision"].double().numpy()
+    upper = tensors["precision_upper"].double().numpy()
+    if len(upper) != width * (width + 1) // 2:
+        raise ValueError(
+            f"precision_upper holds {len(upper)} values; a {width}-d embedding needs {width * (width + 1) // 2}"
+        )
+    precision = np.zeros((width, width))
+    precision[np.triu_indices(width)] = upper
+    return precision + np.triu(precision, 1).T
 
 
 def fit_uncertainty_gate(
