@@ -245,7 +245,7 @@ def test_a_bundle_saved_with_the_gate_reloads_it_exactly(fitted, gated_bundle: P
     bundle = load_bundle(gated_bundle)
     assert bundle.metadata.uncertainty.sha256 == sha256_of(gated_bundle / UNCERTAINTY_FILE)
     assert bundle.metadata.uncertainty.ood_threshold == gate.ood_threshold
-    assert set(bundle.uncertainty_tensors) == {"class_means", "precision"}
+    assert set(bundle.uncertainty_tensors) == {"class_means", "precision_upper"}
     for key, tensor in gate.tensors().items():
         assert torch.equal(bundle.uncertainty_tensors[key], tensor)
     again = UncertaintyGate.from_bundle_parts(bundle.uncertainty_tensors, bundle.metadata.uncertainty.to_json_dict())
