@@ -14,7 +14,7 @@ What ``skintriage export --variant NAME`` does, read top to bottom in :func:`exp
    metrics against float32's 95% confidence intervals; test sets are reported, never used to choose;
 5. records all of it under ``variants.<name>`` in ``model.json`` and chooses the default
    (:func:`choose_default`): the fastest admissible variant at batch 1, the demo's path, timed side by
-   side here. Admissible: every validation metric inside float32's 95% CI and referral levels agreeing
+   side here. Admissible: no validation metric worse than float32's 95% CI and referral levels agreeing
    with float32 on at least 99.5% of validation images.
 """
 
