@@ -2,7 +2,8 @@
 
 Usage (from the project root): python experiments/results_table.py
 Every number of our rows is read from experiments/<run>/eval/<set>/metrics.json; the published rows are
-quoted from their papers/leaderboard (sources in experiments/README.md). Nothing is typed in by hand.
+quoted from their papers/leaderboard (sources in experiments/README.md); the ablation table is copied from
+experiments/ablation/results.md (written by experiments/ablation/evaluate.py). Nothing is typed in by hand.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
+ABLATION = HERE / "ablation" / "results.md"
 BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
 RUNS = {  # run folder -> (model description, trained on)
     "pretrained_lite0": (
@@ -71,6 +73,13 @@ def targets_table() -> str:
     return "\n".join(lines)
 
 
+def ablation_table() -> str:
+    """The ablation's own table, as experiments/ablation/evaluate.py wrote it (one definition of its columns)."""
+    if not ABLATION.is_file():
+        return "(not run: bash experiments/ablation/run.sh)"
+    return "\n".join(line for line in ABLATION.read_text(encoding="utf-8").splitlines() if line.startswith("|"))
+
+
 def main() -> None:
     text = README.read_text(encoding="utf-8")
     head, rest = text.split(BEGIN, 1)
@@ -78,7 +87,10 @@ def main() -> None:
     body = (
         "ISIC 2018 Task 3 official test set (1,511 scored images); ours with 95% bootstrap CIs:\n\n"
         f"{isic_table()}\n\nReferral (malignant vs benign, threshold chosen on validation for sensitivity 0.95) "
-        f"and calibration on every evaluation set:\n\n{targets_table()}\n"
+        f"and calibration on every evaluation set:\n\n{targets_table()}\n\n"
+        "Ablation (same splits and test sets; clinical = the held-out split of the five clinical sources, 488 "
+        "images; [ablation/results.md](ablation/results.md) says how each column is computed):\n\n"
+        f"{ablation_table()}\n"
     )
     README.write_text(f"{head}{BEGIN}\n{body}{END}{tail}", encoding="utf-8")
     print(body)

@@ -21,9 +21,9 @@ import pytest
 from skintriage import DISCLAIMER, __version__
 from skintriage.common.paths import DEFAULT_BUNDLE, PACKAGE_DIR
 from skintriage.triage.referral import Level
+from tests.helpers import REPO
 from tests.helpers.hostile_files import lesion
 
-REPO = Path(__file__).resolve().parents[1]
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
 # The bundled model's files, as package data, with its default variant's model.onnx (the int8 export is not shipped).
 MODEL_FILES = ("model.json", "model.safetensors", "uncertainty.safetensors", "acquisition.safetensors", "MODEL_CARD.md",

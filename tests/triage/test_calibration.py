@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from skintriage.triage.calibration import (
     fit_temperature,
     negative_log_likelihood,
     probabilities_at_temperature,
+    temperatures_by_acquisition,
 )
 
 CLASSES = ["mel", "nv", "bcc", "bkl", "df"]  # mel and bcc are malignant
@@ -336,3 +338,9 @@ def test_probabilities_at_temperatures_scale_each_row_by_its_own() -> None:
         calibration.probabilities_at_temperatures(logits, [1.0, 1.0])
     with pytest.raises(ValueError, match="temperatures must be positive"):
         calibration.probabilities_at_temperatures(logits, [1.0, 0.0, 1.0, 1.0])
+
+
+def test_each_row_takes_its_acquisition_types_temperature_and_unknown_types_the_pooled_one() -> None:
+    by_type = {"dermoscopic": SimpleNamespace(temperature=0.7), "clinical": SimpleNamespace(temperature=1.3)}
+    kinds = ["clinical", None, "dermoscopic", "unheard-of"]
+    assert temperatures_by_acquisition(kinds, by_type, 0.9) == [1.3, 0.9, 0.7, 0.9]

@@ -20,6 +20,7 @@ from skintriage.triage.uncertainty import (
     UncertaintyGate,
     fit_class_gaussians,
     fit_uncertainty_gate,
+    flag_rates,
     mahalanobis_to_nearest_mean,
     normalised_entropy,
 )
@@ -308,3 +309,12 @@ def test_the_stored_upper_triangle_gives_back_the_matrix_bit_for_bit_and_older_f
     assert np.array_equal(UncertaintyGate.from_bundle_parts(full, gate.summary()).precision, again.precision)
     with pytest.raises(ValueError, match="precision_upper holds 20 values; a 6-d embedding needs 21"):
         UncertaintyGate.from_bundle_parts({**stored, "precision_upper": stored["precision_upper"][:20]}, gate.summary())
+
+
+def test_flag_rates_count_each_flag_and_their_union_by_hand() -> None:
+    def result(ood: bool, low: bool) -> Uncertainty:
+        return Uncertainty(1.0, 0.0, 1.0, 0.0, 1.0, out_of_distribution=ood, low_confidence=low)
+
+    # four images: OOD only, low confidence only, both, neither -> OOD 2/4, low 2/4, either 3/4
+    assessed = [result(True, False), result(False, True), result(True, True), result(False, False)]
+    assert flag_rates(assessed) == {"out_of_distribution": 0.5, "low_confidence": 0.5, "cannot_assess": 0.75}

@@ -1,4 +1,4 @@
-"""The one base class of the errors a user can act on, and the two that belong to no single stage.
+"""The one base class of the errors a user can act on, and those that more than one stage raises.
 
 Every domain error of the package (a bad manifest, metadata file, label, config, bundle, image, argument ...)
 subclasses :class:`SkintriageError` and keeps its builtin base (``class ManifestError(SkintriageError,
@@ -24,3 +24,10 @@ class ArgumentError(SkintriageError, ValueError):
 class InsufficientDataError(SkintriageError, ValueError):
     """The user's data lacks what a step needs: no images in a split, no malignant (or benign) rows to fit a
     threshold on, a class without training images. The message says what is missing."""
+
+
+class BundleError(SkintriageError, ValueError):
+    """A model bundle that is missing, damaged or made for other code; the message says which check failed.
+
+    Defined here, not in :mod:`skintriage.model.bundle` (which re-exports it), because the torch-free steps
+    that read a bundle's metadata (calibration, referral, acquisition) raise it too."""

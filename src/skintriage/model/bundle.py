@@ -42,7 +42,7 @@ from torch import nn
 
 from skintriage import __version__
 from skintriage.common.atomic import atomic_path, atomic_write_text
-from skintriage.common.errors import SkintriageError
+from skintriage.common.errors import BundleError
 from skintriage.data.taxonomy import DIAGNOSES, TAXONOMY_VERSION
 from skintriage.model.metadata import (
     FILE_FIELDS,
@@ -59,10 +59,6 @@ WEIGHTS_FILE = "model.safetensors"
 UNCERTAINTY_FILE = "uncertainty.safetensors"  # the uncertainty gate's class means and precision (optional)
 ACQUISITION_FILE = "acquisition.safetensors"  # the acquisition classifier's standardisation and weights (optional)
 METADATA_FILE = "model.json"
-
-
-class BundleError(SkintriageError, ValueError):
-    """A model bundle that is missing, damaged or made for other code; the message says which check failed."""
 
 
 @dataclass

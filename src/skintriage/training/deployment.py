@@ -42,8 +42,12 @@ from skintriage.training.config import TrainConfig
 from skintriage.training.data import training_manifest
 from skintriage.training.finish import held_out_manifests
 from skintriage.training.gates import acquisition_of, calibration_for_outputs
-from skintriage.triage.calibration import probabilities_at_temperature, probabilities_at_temperatures
-from skintriage.triage.uncertainty import UncertaintyGate
+from skintriage.triage.calibration import (
+    probabilities_at_temperature,
+    probabilities_at_temperatures,
+    temperatures_by_acquisition,
+)
+from skintriage.triage.uncertainty import UncertaintyGate, flag_rates
 
 MIN_LEVEL_AGREEMENT = 0.995  # of validation images whose referral level matches float32's
 COMPARED_METRICS = ("balanced_accuracy", "macro_auc", "ece", "referral_auc", "referral_sensitivity",
@@ -130,26 +134,15 @@ def refit_uncertainty(calibrated: Bundle, val: Outputs, val_kinds: np.ndarray) -
     """The gate's thresholds at the configured quantiles of the variant's validation distances and entropies."""
     summary = calibrated.metadata.uncertainty.to_json_dict()
     gate = UncertaintyGate.from_bundle_parts(calibrated.uncertainty_tensors, summary)
-    temperatures = acquisition_temperatures(calibrated, val_kinds)
+    calibration = calibrated.metadata.calibration
+    temperatures = temperatures_by_acquisition(val_kinds, calibration.by_acquisition or {}, calibration.temperature)
     probabilities = probabilities_at_temperatures(val.logits, temperatures)
     gate = gate.refit_thresholds(val.embeddings, probabilities)
-    assessed = gate.assess(val.embeddings, probabilities)
     return {
         "ood_threshold": gate.ood_threshold,
         "entropy_threshold": gate.entropy_threshold,
-        "validation_rates": {
-            "out_of_distribution": float(np.mean([u.out_of_distribution for u in assessed])),
-            "low_confidence": float(np.mean([u.low_confidence for u in assessed])),
-            "cannot_assess": float(np.mean([u.cannot_assess for u in assessed])),
-        },
+        "validation_rates": flag_rates(gate.assess(val.embeddings, probabilities)),
     }
-
-
-def acquisition_temperatures(bundle: Bundle, kinds: np.ndarray) -> list[float]:
-    """Each validation row's temperature: its recorded acquisition type's, the pooled one otherwise."""
-    calibration = bundle.metadata.calibration
-    by_type = calibration.by_acquisition or {}
-    return [by_type[k].temperature if k in by_type else calibration.temperature for k in kinds]
 
 
 def parity_report(

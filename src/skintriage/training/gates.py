@@ -31,9 +31,10 @@ from skintriage.triage.calibration import (
     calibrate_by_acquisition,
     probabilities_at_temperature,
     probabilities_at_temperatures,
+    temperatures_by_acquisition,
     urgent_threshold,
 )
-from skintriage.triage.uncertainty import fit_uncertainty_gate
+from skintriage.triage.uncertainty import fit_uncertainty_gate, flag_rates
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def fit_referral_gates(
         target_sensitivity=config.target_sensitivity,
         target_specificity=config.urgent_specificity,
     )
-    temperatures = [by_acquisition[k].temperature if k in by_acquisition else bundle.temperature for k in val_kinds]
+    temperatures = temperatures_by_acquisition(val_kinds, by_acquisition, bundle.temperature)
     val_probabilities = probabilities_at_temperatures(val.logits, temperatures)
     gate = fit_uncertainty_gate(
         train_embeddings=train.embeddings,
@@ -127,16 +128,11 @@ def fit_referral_gates(
         ood_quantile=config.ood_quantile,
         low_confidence_quantile=config.low_confidence_quantile,
     )
-    validation = gate.assess(val.embeddings, val_probabilities)
     summary = {
         **gate.summary(),
         "probabilities": "validation entropies at each image's acquisition-type temperature",
         "fitted_on": {"train_images": len(train.labels), "validation_images": len(val.labels)},
-        "validation_rates": {
-            "out_of_distribution": float(np.mean([u.out_of_distribution for u in validation])),
-            "low_confidence": float(np.mean([u.low_confidence for u in validation])),
-            "cannot_assess": float(np.mean([u.cannot_assess for u in validation])),
-        },
+        "validation_rates": flag_rates(gate.assess(val.embeddings, val_probabilities)),
     }
     classifier_summary, classifier_tensors = fit_bundle_acquisition_classifier(train, train_kinds, val, val_kinds)
     return ReferralGates(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from skintriage.common.errors import ArgumentError
+from skintriage.common.errors import ArgumentError, BundleError
 from skintriage.data.records import ACQUISITIONS
 from skintriage.triage.calibration import AcquisitionCalibration
 
@@ -117,8 +117,6 @@ class AcquisitionClassifier:
         missing = [key for key in ("mean", "scale", "coef", "intercept") if key not in tensors]
         classes = tuple(summary.get("classes") or ())
         if missing or len(classes) != 2:
-            from skintriage.model.bundle import BundleError  # here: model.bundle loads torch and timm
-
             raise BundleError(
                 f"acquisition classifier: tensors lack {missing} or acquisition_classifier.classes is not two "
                 f"types ({list(classes)})"

@@ -46,6 +46,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from skintriage import metrics
+from skintriage.common.errors import BundleError
 from skintriage.data.records import ACQUISITIONS
 
 LOG_TEMPERATURE_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: far outside this the model is broken, not miscalibrated
@@ -88,8 +89,6 @@ class AcquisitionCalibration:
         """Read one entry of ``model.json`` (or the pooled ``calibration`` itself); ``kind`` names it in errors."""
         urgent = data.get("urgent") if isinstance(data, Mapping) else None
         if not isinstance(urgent, Mapping) or "threshold" not in urgent or "referral_threshold" not in data:
-            from skintriage.model.bundle import BundleError  # here: model.bundle loads torch and timm
-
             raise BundleError(
                 f"calibration {kind} lacks referral_threshold or urgent.threshold; run `skintriage fit-gates "
                 "--checkpoint DIR`"
@@ -133,6 +132,17 @@ def probabilities_at_temperatures(logits: np.ndarray, temperatures: np.ndarray |
     if not (temperatures > 0).all():
         raise ValueError(f"temperatures must be positive, not {temperatures[temperatures <= 0][:3].tolist()}")
     return softmax(logits / temperatures[:, None], axis=1)
+
+
+def temperatures_by_acquisition(
+    kinds: Sequence[str | None], by_acquisition: Mapping[str, object], pooled: float
+) -> list[float]:
+    """Each row's temperature: its acquisition type's (any record with a ``temperature``), the pooled one otherwise.
+
+    Validation entropies and predictions are taken at the same per-type temperatures, so a gate fitted on
+    the first holds for the second.
+    """
+    return [by_acquisition[k].temperature if k in by_acquisition else pooled for k in kinds]
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:

@@ -36,7 +36,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from skintriage.common.errors import ArgumentError
+from skintriage.common.errors import ArgumentError, BundleError
 from skintriage.data.taxonomy import DIAGNOSES, TriageGroup, is_malignant, malignancy_probability
 
 if TYPE_CHECKING:  # the record type only: importing uncertainty at run time would load torch and scikit-learn
@@ -421,8 +421,6 @@ class ReferralPolicy:
         """
         calibration = metadata.get("calibration") or {}
         if "referral_threshold" not in calibration or "threshold" not in (calibration.get("urgent") or {}):
-            from skintriage.model.bundle import BundleError  # here: model.bundle loads torch and timm
-
             raise BundleError(
                 "the model bundle has no calibrated referral and urgent thresholds (calibration.referral_threshold, "
                 "calibration.urgent.threshold); run `skintriage fit-gates --checkpoint DIR`"
@@ -430,8 +428,6 @@ class ReferralPolicy:
         if acquisition is not None:
             entry = (calibration.get("by_acquisition") or {}).get(acquisition) or {}
             if "referral_threshold" not in entry or "threshold" not in (entry.get("urgent") or {}):
-                from skintriage.model.bundle import BundleError  # here: model.bundle loads torch and timm
-
                 raise BundleError(
                     f"the model bundle has no calibration.by_acquisition.{acquisition} with referral_threshold and "
                     "urgent.threshold; run `skintriage fit-gates --checkpoint DIR`"

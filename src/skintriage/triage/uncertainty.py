@@ -26,7 +26,7 @@ never seen. The gate catches images unlike the training data, not diagnoses unli
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -90,6 +90,15 @@ class Uncertainty:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def flag_rates(assessed: Sequence[Uncertainty]) -> dict[str, float]:
+    """How often each flag fired over a set of images (what ``model.json`` records for validation)."""
+    return {
+        "out_of_distribution": float(np.mean([u.out_of_distribution for u in assessed])),
+        "low_confidence": float(np.mean([u.low_confidence for u in assessed])),
+        "cannot_assess": float(np.mean([u.cannot_assess for u in assessed])),
+    }
 
 
 @dataclass(frozen=True)
