@@ -86,6 +86,11 @@ def deployed(value: dict | None) -> str:
     return f"{value['sensitivity']:.3f} / {value['specificity']:.3f}"
 
 
+def deployed_ece(value: dict | None) -> str:
+    """ECE at each image's acquisition-type temperature ("n/a" for a cell scored before it was recorded)."""
+    return "n/a" if not value or value.get("ece") is None else f"{value['ece']:.3f}"
+
+
 def cell(value: list) -> str:
     number, interval = value
     if number is None:
@@ -99,14 +104,16 @@ def markdown(results: dict) -> str:
         "",
         "Same test sets for every cell; thresholds and temperatures fitted on each cell's own validation split "
         "(pooled for the headline columns; the *deployed* columns refer each image at the temperature and "
-        "thresholds of the acquisition type the bundle's classifier reads, as the demo does). 95% bootstrap "
-        "intervals in brackets. "
+        'thresholds of the acquisition type the bundle\'s classifier reads, as the demo does; "n/a": a cell scored '
+        "before the deployed ECE was recorded, whose run folder is gone). 95% percentile bootstrap "
+        "intervals in brackets; resampling duplicates images, which makes ECE's bins noisier and biases it upward, "
+        "so an ECE interval can lie wholly above its point estimate. "
         "Regenerate: `python experiments/ablation/evaluate.py` (after `bash experiments/ablation/run.sh`).",
         "",
         "| cell | backbone start | trained on | ISIC bal. acc. | ISIC macro AUC | ISIC referral sens. / spec. | "
         "ISIC ECE | clinical referral AUC | clinical sens. / spec. | clinical ECE | "
-        "deployed sens. / spec. ISIC | deployed sens. / spec. clinical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "deployed sens. / spec. ISIC | deployed sens. / spec. clinical | deployed ECE ISIC / clinical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in results.items():
         isic, clinical = entry["sets"]["isic2018_test"], entry["sets"]["clinical_test"]
@@ -115,7 +122,7 @@ def markdown(results: dict) -> str:
             f"{cell(isic['macro_auc'])} | {cell(isic['referral_sensitivity'])} / {cell(isic['referral_specificity'])} | "
             f"{cell(isic['ece'])} | {cell(clinical['referral_auc'])} | {cell(clinical['referral_sensitivity'])} / "
             f"{cell(clinical['referral_specificity'])} | {cell(clinical['ece'])} | {deployed(isic['deployed'])} | "
-            f"{deployed(clinical['deployed'])} |"
+            f"{deployed(clinical['deployed'])} | {deployed_ece(isic['deployed'])} / {deployed_ece(clinical['deployed'])} |"
         )
     lines += [
         "",

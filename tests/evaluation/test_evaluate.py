@@ -428,16 +428,18 @@ def test_referral_per_acquisition_uses_each_images_type_by_hand() -> None:
     # all scored rows (the first five): malignant 0, 3, 4 all referred; benign 1 kept back, 2 referred
     assert deployed["all"] == pytest.approx(
         {"n_malignant": 3, "n_benign": 2, "sensitivity": 1.0, "specificity": 1 / 2,
-         "referred_fraction": 4 / 5, "urgent_fraction": 2 / 5}
+         "referred_fraction": 4 / 5, "urgent_fraction": 2 / 5, "ece": (0.2 + 0.2 + 1 / 3 + 0.25 + 0.5) / 5}
     )  # fmt: skip
+    # ECE at each row's deployed temperature: every class call is right (the 0.5 tie goes to mel, the first
+    # class), so whatever the bins, ECE is the mean of 1 - confidence: 0.2 0.2 1/3 0.25 0.5 over the five rows
     # by the *recorded* type (the classifier's reading chooses the thresholds, the record groups the rows)
     assert deployed["by_acquisition"]["dermoscopic"] == pytest.approx(
         {"n_malignant": 1, "n_benign": 1, "sensitivity": 1.0, "specificity": 1.0,
-         "referred_fraction": 1 / 2, "urgent_fraction": 1 / 2}
+         "referred_fraction": 1 / 2, "urgent_fraction": 1 / 2, "ece": (0.2 + 0.2) / 2}
     )  # fmt: skip
     assert deployed["by_acquisition"]["clinical"] == pytest.approx(
         {"n_malignant": 2, "n_benign": 1, "sensitivity": 1.0, "specificity": 0.0,
-         "referred_fraction": 1.0, "urgent_fraction": 1 / 3}
+         "referred_fraction": 1.0, "urgent_fraction": 1 / 3, "ece": (1 / 3 + 0.25 + 0.5) / 3}
     )  # fmt: skip
 
 

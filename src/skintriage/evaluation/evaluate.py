@@ -41,7 +41,7 @@ from skintriage.common.errors import InsufficientDataError
 from skintriage.data.records import Manifest
 from skintriage.data.sources import get_source
 from skintriage.data.taxonomy import label_map
-from skintriage.evaluation.result import BOOTSTRAP_RESAMPLES, EvaluationResult
+from skintriage.evaluation.result import BOOTSTRAP_RESAMPLES, EvaluationResult, restricted
 from skintriage.inference.batch import bundle_dataset, decision_prior, loader_for, predict_outputs
 from skintriage.model.bundle import Bundle
 from skintriage.triage.acquisition import AcquisitionClassifier, acquisition_accuracy
@@ -294,11 +294,15 @@ def referral_per_acquisition(
     """The referral as ``Predictor.predict(acquisition="auto")`` makes it, overall and per recorded acquisition type.
 
     Each image is scaled by the temperature of the type the classifier reads and compared with that
-    type's referral and urgent thresholds; truth and weights as in the headline referral.
+    type's referral and urgent thresholds; truth and weights as in the headline referral. ``ece`` is the
+    calibration of those probabilities, on the label space and weights of the headline ECE: what the
+    per-type temperatures are for.
     """
     chosen = [calibrations[kind] for kind, _ in classifier.predict_many(result.embeddings)]
     probabilities = probabilities_at_temperatures(result.logits, [c.temperature for c in chosen])
     score = metrics.malignancy_score(probabilities, result.class_names)
+    space_labels, _, space_weights = result.space_view()
+    space_probabilities = restricted(probabilities, result.label_space)
     # score >= its own threshold <=> score - threshold >= 0 (exact in floating point): one threshold, 0, for all rows
     margin = score - np.array([c.referral_threshold for c in chosen])
     urgent = score >= np.array([c.urgent["threshold"] for c in chosen])
@@ -318,6 +322,11 @@ def referral_per_acquisition(
             "specificity": specificity,
             "referred_fraction": float(np.sum(w * (margin[keep] >= 0)) / w.sum()),
             "urgent_fraction": float(np.sum(w * urgent[keep]) / w.sum()),
+            "ece": metrics.expected_calibration_error(
+                space_labels[mask], space_probabilities[mask], space_weights[mask]
+            )
+            if space_weights[mask].sum() > 0
+            else None,
         }
 
     everything = np.ones(len(groups), dtype=bool)
