@@ -37,6 +37,12 @@ def code_names(code: CodeType) -> set[str]:
 def referenced_names(item: pytest.Item) -> set[str]:
     functions = [getattr(item, "function", None)]
     fixture_info = getattr(item, "_fixtureinfo", None)  # pytest's record of the fixtures this test requests
+    if fixture_info is None and isinstance(item, pytest.Function):
+        # a private attribute: if a pytest upgrade drops it, say so rather than silently losing every mark below
+        raise pytest.UsageError(
+            f"{item.nodeid}: pytest no longer sets item._fixtureinfo, which tests/conftest.py reads to mark "
+            "realdata, browser and slow tests; update referenced_names for this pytest version"
+        )
     if fixture_info is not None:
         functions += [definition.func for defs in fixture_info.name2fixturedefs.values() for definition in defs]
     names: set[str] = set()
