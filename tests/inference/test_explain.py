@@ -249,29 +249,34 @@ def test_the_malignancy_map_of_a_melanoma_points_at_the_lesion(bundle: Bundle, t
     assert np.mean(fractions) > 0.6, fractions
 
 
-@pytest.mark.xfail(
-    reason="written for the from-scratch bundle; with the pretrained EfficientNet the randomised-weights map is not yet distinguishable by this measure: to revisit",
-    strict=False,
-)
-def test_the_map_depends_on_the_learned_weights(bundle: Bundle, test_images: pd.DataFrame) -> None:
-    """Model-randomisation sanity check (Adebayo et al., 2018): re-initialising ``layer4`` and the head must
-    change the maps, or they show the image (edges, dark blobs) rather than what the model learned.
+RANDOMISED_FRACTION = 0.25  # the top of the network the sanity check re-initialises, by state-dict entries
 
-    One random re-initialisation can by chance give maps like the trained model's (measured: mean Spearman
-    over these 8 images from -0.4 to 0.6 for single seeds, up to 0.95 for single images; re-initialising
-    only the head can leave 0.95, as the 4x4 map mostly follows layer4's activations), so the correlation
-    is averaged over 8 images and 3 re-initialisations (measured: about 0.0; 1.0 for the same model).
+
+def test_the_map_depends_on_the_learned_weights(bundle: Bundle, test_images: pd.DataFrame) -> None:
+    """Cascading model-randomisation sanity check (Adebayo et al., 2018): re-initialising the top of the network
+    must change the maps, or they show the image (edges, dark blobs) rather than what the model learned.
+
+    The top is the last quarter of the state-dict entries, which follow the forward order (ResNet-18: layer4
+    and fc; EfficientNet-Lite0: from blocks.5.1 to the classifier), so the check needs no layer names. One
+    random re-initialisation can by chance give maps like the trained model's (single images up to 0.5 here),
+    so the Spearman correlation is averaged over 8 images and 3 re-initialisations (measured on the bundled
+    Lite0: 0.17; 0.33 when only the last tenth is re-initialised; 1.0 for the same model).
     """
     model = bundle.model
     inputs = [model_input(bundle, decode_image(path)) for path in test_images["path"].iloc[:8]]
     trained = [grad_cam(model, images) for images in inputs]
     config = model.config
+    keys = list(model.state_dict())
+    top = set(keys[round(len(keys) * (1 - RANDOMISED_FRACTION)) :])
     correlations = []
     for seed in range(3):
         torch.manual_seed(seed)
-        fresh = create_model(config.name, num_classes=config.num_classes, input_size=128, stem=config.stem)
+        fresh = create_model(
+            config.name, num_classes=config.num_classes, input_size=config.input_size, stem=config.stem
+        )
         randomised = copy.deepcopy(model)
-        state = {k: v for k, v in fresh.state_dict().items() if k.startswith(("layer4.", "fc."))}
+        state = {k: v for k, v in fresh.state_dict().items() if k in top}
+        assert len(state) == len(top)  # every re-initialised entry exists in the trained model, and none is missed
         randomised.load_state_dict(state, strict=False)
         randomised.eval()
         for images, heatmap in zip(inputs, trained, strict=True):
@@ -282,7 +287,8 @@ def test_the_map_depends_on_the_learned_weights(bundle: Bundle, test_images: pd.
 
 def test_timing_of_one_grad_cam_on_the_bundled_model(bundle: Bundle) -> None:
     """Printed, not asserted (shared CPUs vary); run with ``-s`` to see it. The demo's budget is 150 ms in all."""
-    images = torch.randn(1, 3, 128, 128)
+    side = bundle.model.config.input_size
+    images = torch.randn(1, 3, side, side)
     for _ in range(3):
         grad_cam(bundle.model, images)
     times = []
@@ -291,7 +297,7 @@ def test_timing_of_one_grad_cam_on_the_bundled_model(bundle: Bundle) -> None:
         grad_cam(bundle.model, images)
         times.append(time.perf_counter() - start)
     print(
-        f"\ngrad_cam, bundled model, 128 px, {torch.get_num_threads()} threads: "
+        f"\ngrad_cam, bundled model, {side} px, {torch.get_num_threads()} threads: "
         f"median {1000 * statistics.median(times):.1f} ms, fastest {1000 * min(times):.1f} ms"
     )
 

@@ -11,6 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import skimage
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 from typer.testing import CliRunner
@@ -196,20 +197,38 @@ def test_saliency_is_a_unit_heatmap_of_the_input_size_and_overlays_at_the_origin
     assert shown.size == image.size and shown.mode == "RGB"
 
 
-@pytest.mark.xfail(
-    reason="known regression of the pretrained bundle: the uncertainty gate scores this non-skin photo 0.97 (below 1), so it is not flagged out of distribution; to investigate",
-    strict=False,
-)
-def test_a_non_skin_photo_is_out_of_distribution_and_never_routine(predictor: Predictor) -> None:
-    if not GRACE_HOPPER.is_file():
-        pytest.skip(f"matplotlib's sample photo is absent: {GRACE_HOPPER}")
-    prediction = predictor.predict(decode_image(GRACE_HOPPER))
+SKIMAGE_PHOTOS = Path(skimage.__file__).parent / "data"
+# Photographs with no skin lesion in them; the portrait of Grace Hopper is one too, but see the next test.
+NON_SKIN_PHOTOS = [SKIMAGE_PHOTOS / name for name in ("coffee.png", "rocket.jpg", "chelsea.png", "motorcycle_left.png",
+                                                     "astronaut.png")]  # fmt: skip
+
+
+def assert_cannot_be_assessed(prediction: Prediction) -> None:
     assert prediction.uncertainty.out_of_distribution
     assert prediction.uncertainty.score > 1.0
     assert prediction.referral.level != "routine"
     assert "out_of_distribution" in [r.rule for r in prediction.referral.reasons]
     assert "cannot_assess" in [d.condition for d in prediction.referral.differential]
     assert "biopsy" in prediction.guidance_topics
+
+
+@pytest.mark.parametrize("photo", NON_SKIN_PHOTOS, ids=lambda path: path.name)
+def test_a_non_skin_photo_is_out_of_distribution_and_never_routine(predictor: Predictor, photo: Path) -> None:
+    if not photo.is_file():
+        pytest.skip(f"scikit-image's sample photo is absent: {photo}")
+    assert_cannot_be_assessed(predictor.predict(decode_image(photo)))
+
+
+@pytest.mark.xfail(
+    reason="known limit of the bundled model's gate: this portrait (facial skin, no lesion) scores 0.97, under the "
+    "out-of-distribution threshold, and comes back routine; it is the 1 routine among the 26 non-skin photos of "
+    "experiments/referral_engine, and the five photos of the test above score only 1.03 to 1.06: the margin is thin",
+    strict=False,
+)
+def test_a_portrait_is_out_of_distribution_and_never_routine(predictor: Predictor) -> None:
+    if not GRACE_HOPPER.is_file():
+        pytest.skip(f"matplotlib's sample photo is absent: {GRACE_HOPPER}")
+    assert_cannot_be_assessed(predictor.predict(decode_image(GRACE_HOPPER)))
 
 
 def test_real_dermoscopic_images_mostly_pass_the_out_of_distribution_check(predictor: Predictor) -> None:
