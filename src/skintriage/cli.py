@@ -567,13 +567,12 @@ def export_command(
     with the default variant: the fastest admissible one at batch 1, measured here.
     """
     from skintriage.inference.variants import REFERENCE, VARIANTS, variant_spec
-    from skintriage.training.deployment import export_variant
+    from skintriage.training.deployment import export_variants
 
     try:
         chosen = [n for n in VARIANTS if n != REFERENCE] if variant == "all" else variant.split(",")
         names = [variant_spec(name.strip()).name for name in chosen]
-        for name in names:
-            entry = export_variant(checkpoint, name, data_root=data_root)
+        for name, entry in export_variants(checkpoint, names, data_root=data_root).items():
             validation = entry.parity["sets"]["validation"]
             console.print(
                 f"{name}: {entry.file or 'no file (PyTorch weights)'}; validation: max |dp| "

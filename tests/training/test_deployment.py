@@ -20,7 +20,7 @@ from skintriage.inference.variants import REFERENCE, VARIANTS, VariantError, loa
 from skintriage.model.bundle import METADATA_FILE, BundleError, load_bundle, read_metadata, save_bundle, sha256_of
 from skintriage.training.config import TrainConfig
 from skintriage.training.data import training_manifest
-from skintriage.training.deployment import MIN_LEVEL_AGREEMENT, admissibility, compare_metrics, export_variant
+from skintriage.training.deployment import MIN_LEVEL_AGREEMENT, admissibility, compare_metrics, export_variants
 from skintriage.training.gates import refit_referral_gates
 from skintriage.triage.calibration import calibrate
 from tests.helpers.two_types import CLASSES, build_two_type_bundle, config_for, write_untyped_folders
@@ -60,8 +60,7 @@ def validation_split(directory: Path):
 def exported(base: Path, tmp_path_factory) -> Path:
     """A copy of ``base`` with every variant exported into it (each refitted on the generated validation split)."""
     directory = Path(shutil.copytree(base, tmp_path_factory.mktemp("exported") / "bundle"))
-    for name in EXPORTED:
-        export_variant(directory, name, calibration_images=64, speed_repeats=3, progress=False)
+    export_variants(directory, list(EXPORTED), calibration_images=64, speed_repeats=3, progress=False)
     return directory
 
 
@@ -159,9 +158,9 @@ def test_saliency_keeps_the_variants_probabilities(exported: Path) -> None:
 
 def test_the_reference_and_unknown_names_are_refused_by_the_exporter(base: Path) -> None:
     with pytest.raises(BundleError, match="is the bundle itself"):
-        export_variant(base, REFERENCE, progress=False)
+        export_variants(base, [REFERENCE], progress=False)
     with pytest.raises(ArgumentError, match="unknown variant 'fp8'"):
-        export_variant(base, "fp8", progress=False)
+        export_variants(base, ["onnx-float32", "fp8"], progress=False)
 
 
 def test_the_export_command_exports_refits_and_names_the_default(base: Path, tmp_path: Path) -> None:

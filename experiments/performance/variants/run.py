@@ -22,8 +22,8 @@ from pathlib import Path
 
 from skintriage.common.atomic import atomic_write_text
 from skintriage.common.paths import DEFAULT_BUNDLE
-from skintriage.model.bundle import read_metadata
-from skintriage.training.deployment import export_variant
+from skintriage.model.bundle import read_metadata, write_metadata
+from skintriage.training.deployment import export_variants
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,11 +74,8 @@ def main() -> None:
         copy = Path(scratch) / "bundle"
         shutil.copytree(args.checkpoint, copy, ignore=shutil.ignore_patterns("*.onnx"))
         metadata = read_metadata(copy).model_copy(update={"variants": None, "default_variant": None})
-        from skintriage.model.bundle import write_metadata
-
         write_metadata(copy, metadata)
-        for name in args.variants.split(","):
-            export_variant(copy, name.strip(), data_root=args.data_root)
+        export_variants(copy, [name.strip() for name in args.variants.split(",")], data_root=args.data_root)
         metadata = read_metadata(copy)
     record = {
         "seconds": round(time.perf_counter() - started, 1),

@@ -1,8 +1,9 @@
 """Deployment variants of a bundle: export, refit at the variant's precision, parity with float32, the default.
 
-What ``skintriage export --variant NAME`` does, read top to bottom in :func:`export_variant`:
+What ``skintriage export --variant NAME[,NAME...]`` does, read top to bottom in :func:`export_variants` and
+:func:`export_one` (the data and float32's outputs are computed once for all the variants asked for):
 
-1. writes the variant's file into the bundle folder (``model.onnx``; ``model.int8.onnx``, quantised with
+1. writes each variant's file into the bundle folder (``model.onnx``; ``model.int8.onnx``, quantised with
    activation ranges measured on training images), none for a PyTorch variant;
 2. runs the validation split, the training sources' held-out test split and every ``test_sources`` entry
    through the PyTorch float32 reference and through the variant;
@@ -57,22 +58,24 @@ CALIBRATION_IMAGES = 256  # training images whose activations set the int8 range
 SPEED_REPEATS = 20
 
 
-def export_variant(
+def export_variants(
     bundle_dir: Path,
-    name: str,
+    names: list[str],
     *,
     data_root: Path | None = None,
     calibration_images: int = CALIBRATION_IMAGES,
     speed_repeats: int = SPEED_REPEATS,
     progress: bool = True,
-) -> Variant:
-    """Export, refit and compare variant ``name`` of the bundle in ``bundle_dir``; record it and the new default."""
-    spec = variant_spec(name)
-    if spec.name == REFERENCE:
-        raise BundleError(f"{REFERENCE} is the bundle itself (its top-level calibration); choose another variant")
-    if spec.engine == "onnxruntime":  # before any data is read: a missing extra is the first thing to say
-        for module in ("onnx", "onnxscript", "onnxruntime"):
-            import_optional(module, extra=ONNX_EXTRA, needed_for=f"skintriage export --variant {name}")
+) -> dict[str, Variant]:
+    """Export, refit and compare each variant of ``names`` in the bundle in ``bundle_dir``; record them and the
+    new default. The data and float32's outputs, which every variant is compared with, are computed once."""
+    specs = [variant_spec(name) for name in names]
+    for spec in specs:  # before any data is read: a refused name or a missing extra is the first thing to say
+        if spec.name == REFERENCE:
+            raise BundleError(f"{REFERENCE} is the bundle itself (its top-level calibration); choose another variant")
+        if spec.engine == "onnxruntime":
+            for module in ("onnx", "onnxscript", "onnxruntime"):
+                import_optional(module, extra=ONNX_EXTRA, needed_for=f"skintriage export --variant {spec.name}")
     bundle = load_bundle(bundle_dir)
     if bundle.metadata.training is None:
         raise BundleError(
@@ -80,6 +83,44 @@ def export_variant(
         )
     config = TrainConfig.model_validate(bundle.metadata.training.config)
     manifest = training_manifest(config, data_root=data_root, progress=progress).manifest
+    sets = {"validation": manifest.where(split="val", diagnoses=bundle.classes)}
+    sets |= held_out_manifests(config, manifest, data_root=data_root, progress=progress)
+    reference = {
+        key: outputs_of(bundle, m, None, progress=progress, what=f"{key} ({REFERENCE})") for key, m in sets.items()
+    }
+    exported = {}
+    for spec in specs:
+        variant = export_one(
+            bundle,
+            spec.name,
+            config,
+            manifest,
+            sets,
+            reference,
+            calibration_images=calibration_images,
+            progress=progress,
+        )
+        bundle = _with_variant(bundle, spec.name, variant)
+        exported[spec.name] = variant
+    write_metadata(bundle.path, choose_default(bundle, repeats=speed_repeats))
+    write_model_card(bundle.path)
+    return exported
+
+
+def export_one(
+    bundle: Bundle,
+    name: str,
+    config: TrainConfig,
+    manifest: Manifest,
+    sets: dict[str, Manifest],
+    reference: dict[str, Outputs],
+    *,
+    calibration_images: int,
+    progress: bool,
+) -> Variant:
+    """One variant: its file, its calibration and gate thresholds refitted on its own validation outputs, and its
+    parity report against float32's ``reference`` outputs on ``sets``."""
+    spec = variant_spec(name)
     if spec.file == "model.onnx":
         export_onnx(bundle, bundle.path / spec.file)
     elif spec.precision == "int8":
@@ -91,12 +132,6 @@ def export_variant(
             float_file = export_onnx(bundle, Path(scratch) / "model.onnx")
             quantize_int8(float_file, bundle.path / spec.file, batches)
     engine = load_forward(bundle, name, check_recorded_file=False)
-
-    sets = {"validation": manifest.where(split="val", diagnoses=bundle.classes)}
-    sets |= held_out_manifests(config, manifest, data_root=data_root, progress=progress)
-    reference = {
-        key: outputs_of(bundle, m, None, progress=progress, what=f"{key} ({REFERENCE})") for key, m in sets.items()
-    }
     candidate = {
         key: outputs_of(bundle, m, engine, progress=progress, what=f"{key} ({name})") for key, m in sets.items()
     }
@@ -117,11 +152,7 @@ def export_variant(
     variant = Variant.model_validate(entry)
     calibrated = calibrated_at(_with_variant(bundle, name, variant), name)
     report = parity_report(bundle, calibrated, sets, reference, candidate)
-    variant = variant.model_copy(update={"parity": report, **admissibility(report)})
-    bundle = _with_variant(bundle, name, variant)
-    write_metadata(bundle.path, choose_default(bundle, repeats=speed_repeats))
-    write_model_card(bundle.path)
-    return variant
+    return variant.model_copy(update={"parity": report, **admissibility(report)})
 
 
 def outputs_of(bundle: Bundle, manifest: Manifest, engine: Forward | None, *, progress: bool, what: str) -> Outputs:
