@@ -22,6 +22,7 @@ from skintriage.model.card import (
     card_title,
     card_unseen_diagnoses,
     initialisation,
+    skin_type_limitation,
     write_model_card,
 )
 
@@ -224,3 +225,14 @@ def test_the_metrics_call_validation_optimistic_only_when_it_is_listed() -> None
     assert "so its numbers are optimistic" in card_metrics(meta)
     del meta["metrics"]["validation"]
     assert "optimistic" not in card_metrics(meta)
+
+
+def test_the_skin_type_sentence_gives_the_recorded_fitzpatrick_counts_and_says_unknown_without_them() -> None:
+    meta = {"training": {"data": {"skin_types_train": {"I": 10, "II": 20, "V": 3, "VI": 2, "unrecorded": 65},
+                                  "skin_type_sources_train": ["fitzpatrick17k"]}}}  # fmt: skip
+    text = skin_type_limitation(meta)
+    assert "recorded for 35 of the 100 training images" in text
+    assert "(by fitzpatrick17k: I 10, II 20, V 3, VI 2; types V-VI 5)" in text
+    assert "not measured" in text
+    for unrecorded in ({}, {"training": {"data": {"skin_types_train": {"unrecorded": 100}}}}):
+        assert skin_type_limitation(unrecorded).startswith("**Skin-type coverage is unknown**")

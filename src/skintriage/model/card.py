@@ -419,11 +419,31 @@ def card_limitations(meta: Mapping[str, Any]) -> str:
         "its case mix, so the model may partly learn the camera rather than the lesion. Compare the "
         "per-acquisition results in each evaluation report; performance on phone photographs is unmeasured "
         "unless an evaluation set above contains them.\n"
-        "* **Skin-type coverage is unknown**: the bundle does not record the skin types of its training images, "
-        "and dermatology image collections are known to under-represent dark skin.\n"
+        f"* {skin_type_limitation(meta)}\n"
         f"* **Source artefacts**: {artefact_limitation(meta)}\n"
         "* The referral threshold is a validation estimate: its sensitivity on new data varies around the target "
         "(see the intervals), and on lesions unlike any in training it is unknown."
+    )
+
+
+def skin_type_limitation(meta: Mapping[str, Any]) -> str:
+    """What the bundle knows of its training images' skin types: the Fitzpatrick counts where a source rated them."""
+    counts = dict(training_data(meta).get("skin_types_train") or {})
+    unrecorded = counts.pop("unrecorded", 0)
+    rated = sum(counts.values())
+    under_represented = "dermatology image collections are known to under-represent dark skin"
+    if not rated:
+        return (
+            "**Skin-type coverage is unknown**: the bundle does not record the skin types of its training images, "
+            f"and {under_represented}."
+        )
+    sources = ", ".join(training_data(meta).get("skin_type_sources_train") or []) or "some sources"
+    types = ", ".join(f"{kind} {fmt(n)}" for kind, n in counts.items())
+    dark = sum(counts.get(kind, 0) for kind in ("V", "VI"))
+    return (
+        f"**Skin-type coverage is mostly unknown**: a Fitzpatrick type is recorded for {fmt(rated)} of the "
+        f"{fmt(rated + unrecorded)} training images (by {sources}: {types}; types V-VI {fmt(dark)}), none for the "
+        f"rest, and {under_represented}. Performance by skin type is not measured."
     )
 
 

@@ -97,6 +97,8 @@ def class_names_for(config: TrainConfig, train_frame: pd.DataFrame) -> list[str]
 def data_summary(data: TrainingData) -> dict:
     frame = data.manifest.frame
     counts = frame.groupby(["source", "split"]).size()
+    train = data.manifest.where(split="train").frame
+    rated = train["skin_type"].notna()
     return {
         "sources": data.policies,
         "cross_source_duplicates_moved": [move.to_dict() for move in data.cross_source_moves],
@@ -105,6 +107,12 @@ def data_summary(data: TrainingData) -> dict:
             k: int(v) for k, v in data.manifest.where(split="train").frame.diagnosis.value_counts().items()
         },
         "acquisition": {k: int(v) for k, v in frame.acquisition.value_counts().items()},
+        # Fitzpatrick types where a source rates them (most record none): what the model card can say of skin types
+        "skin_types_train": {
+            **{k: int(v) for k, v in sorted(train.loc[rated, "skin_type"].value_counts().items())},
+            "unrecorded": int((~rated).sum()),
+        },
+        "skin_type_sources_train": sorted(train.loc[rated, "source"].unique().tolist()),
     }
 
 
