@@ -42,18 +42,20 @@ def metrics_of(run: Path, name: str) -> dict:
     return json.loads((run / "eval" / name / "metrics.json").read_text(encoding="utf-8"))
 
 
+def log_column(run: Path, column: str) -> list[tuple[int, float]]:
+    """(epoch, value) of one column of the run's log.csv."""
+    header, *rows = (line.split(",") for line in (run / "log.csv").read_text(encoding="utf-8").splitlines())
+    index = header.index(column)
+    return [(int(row[0]), float(row[index])) for row in rows]
+
+
 def best_epoch(run: Path) -> tuple[int, float]:
-    """The epoch the run kept (highest validation balanced accuracy) and that accuracy, from its log.csv."""
-    rows = [line.split(",") for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()]
-    column = rows[0].index("val_balanced_accuracy")
-    epoch, value = max(((int(r[0]), float(r[column])) for r in rows[1:]), key=lambda pair: pair[1])
-    return epoch, value
+    """The epoch the run kept (highest validation balanced accuracy) and that accuracy."""
+    return max(log_column(run, "val_balanced_accuracy"), key=lambda pair: pair[1])
 
 
 def minutes(run: Path) -> float:
-    rows = [line.split(",") for line in (run / "log.csv").read_text(encoding="utf-8").splitlines()]
-    column = rows[0].index("seconds")
-    return sum(float(r[column]) for r in rows[1:]) / 60
+    return sum(seconds for _, seconds in log_column(run, "seconds")) / 60
 
 
 def table() -> str:

@@ -428,7 +428,8 @@ def card_limitations(meta: Mapping[str, Any]) -> str:
 
 def skin_type_limitation(meta: Mapping[str, Any]) -> str:
     """What the bundle knows of its training images' skin types: the Fitzpatrick counts where a source rated them."""
-    counts = dict(training_data(meta).get("skin_types_train") or {})
+    data = training_data(meta)
+    counts = dict(data.get("skin_types_train") or {})
     unrecorded = counts.pop("unrecorded", 0)
     rated = sum(counts.values())
     under_represented = "dermatology image collections are known to under-represent dark skin"
@@ -437,7 +438,7 @@ def skin_type_limitation(meta: Mapping[str, Any]) -> str:
             "**Skin-type coverage is unknown**: the bundle does not record the skin types of its training images, "
             f"and {under_represented}."
         )
-    sources = ", ".join(training_data(meta).get("skin_type_sources_train") or []) or "some sources"
+    sources = ", ".join(data.get("skin_type_sources_train") or []) or "some sources"
     types = ", ".join(f"{kind} {fmt(n)}" for kind, n in counts.items())
     dark = sum(counts.get(kind, 0) for kind in ("V", "VI"))
     return (

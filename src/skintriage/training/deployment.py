@@ -35,7 +35,15 @@ from skintriage.evaluation.evaluate import UNKNOWN, evaluation_result
 from skintriage.inference.batch import Outputs, bundle_dataset, loader_for, predict_outputs
 from skintriage.inference.export import export_onnx, quantize_int8
 from skintriage.inference.predictor import Predictor
-from skintriage.inference.variants import REFERENCE, VARIANTS, Forward, calibrated_at, load_forward, variant_spec
+from skintriage.inference.variants import (
+    REFERENCE,
+    VARIANTS,
+    Forward,
+    VariantSpec,
+    calibrated_at,
+    load_forward,
+    variant_spec,
+)
 from skintriage.model.bundle import METADATA_FILE, Bundle, BundleError, load_bundle, sha256_of, write_metadata
 from skintriage.model.card import write_model_card
 from skintriage.model.metadata import BundleMetadata, Variant
@@ -92,7 +100,7 @@ def export_variants(
     for spec in specs:
         variant = export_one(
             bundle,
-            spec.name,
+            spec,
             config,
             manifest,
             sets,
@@ -109,7 +117,7 @@ def export_variants(
 
 def export_one(
     bundle: Bundle,
-    name: str,
+    spec: VariantSpec,
     config: TrainConfig,
     manifest: Manifest,
     sets: dict[str, Manifest],
@@ -120,7 +128,7 @@ def export_one(
 ) -> Variant:
     """One variant: its file, its calibration and gate thresholds refitted on its own validation outputs, and its
     parity report against float32's ``reference`` outputs on ``sets``."""
-    spec = variant_spec(name)
+    name = spec.name
     if spec.file == "model.onnx":
         export_onnx(bundle, bundle.path / spec.file)
     elif spec.precision == "int8":
